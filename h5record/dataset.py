@@ -1,0 +1,339 @@
+"""H5Dataset: a map-style dataset over an h5record file.
+
+``ds[i]`` decodes one row in one compiled call; ``ds[list]``, ``ds[a:b]``
+and ``__getitems__`` (PyTorch's batched fetch) return a :class:`Batch`
+whose columns are decoded one compiled call per field. The dataset pickles
+as its path and options and maps the file again in each process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+import numpy as np
+
+from . import reader
+from ._fast import KIND_VARIABLE, Decoder
+from .errors import FormatError
+from .fields import Schema
+from .writer import H5Writer
+
+_IN_MEMORY_MODES = (False, True, "process")
+
+
+class H5Dataset:
+    """Read an h5record file as a PyTorch map-style dataset.
+
+    Parameters
+    ----------
+    path:
+        The file. Its schema is read from the file itself.
+    in_memory:
+        ``False`` (default) reads through a memory map of the file;
+        ``True`` or ``'process'`` loads every field into RAM at open,
+        decompressed.
+    transform:
+        Callable applied to each row dict before it is returned.
+
+    The h5record 1.0.4 form ``H5Dataset(schema, path, data_iter, ...)`` is
+    accepted too: it writes ``path`` from ``data_iter`` when the file does
+    not exist yet, then opens it.
+
+    Examples
+    --------
+    >>> from h5record import H5Dataset, H5Writer, String, Float
+    >>> with H5Writer("/tmp/doc_pairs.h5", [String("text"), Float("label")],
+    ...               overwrite=True, progress=False) as w:
+    ...     w.write({"text": "a cat", "label": 0.5})
+    >>> ds = H5Dataset("/tmp/doc_pairs.h5")
+    >>> len(ds), ds[0]
+    (1, {'text': 'a cat', 'label': 0.5})
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        *legacy: Any,
+        in_memory: bool | str | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        **legacy_kwargs: Any,
+    ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            path, in_memory, transform = _legacy_create(path, legacy, legacy_kwargs, in_memory, transform)
+        elif legacy or legacy_kwargs:
+            raise TypeError(
+                "H5Dataset(path, in_memory=..., transform=...) takes no other arguments; "
+                "the 1.0.4 form is H5Dataset(schema, path, data_iter, ...)"
+            )
+        if in_memory is None:
+            in_memory = False
+        if in_memory not in _IN_MEMORY_MODES:
+            raise ValueError(f"in_memory must be one of {_IN_MEMORY_MODES}, got {in_memory!r}")
+        self.path = os.fspath(path)
+        self.in_memory = in_memory
+        self.transform = transform
+        self._layout = reader.read_layout(self.path)
+        self._stat = _stat(self.path)
+        self._arrays: dict[str, dict[str, np.ndarray]] | None = None
+        self._decoder: Decoder | None = None
+        self._slow: dict[int, reader.H5Column] = {}
+        self._pid = -1
+        if in_memory:
+            self._arrays = reader.load_arrays(self._layout)
+
+    # -- opening ---------------------------------------------------------
+    @property
+    def schema(self) -> Schema:
+        return self._layout.schema
+
+    @property
+    def names(self) -> list[str]:
+        return self._layout.schema.names
+
+    def _open(self) -> Decoder:
+        if self._arrays is not None:
+            fields = reader.memory_fields(self._layout, self._arrays)
+            self._slow = {}
+        else:
+            if _stat(self.path) != self._stat:
+                raise FormatError(
+                    f"{self.path} changed since it was opened; open it again with H5Dataset"
+                )
+            buffer = reader.map_file(self.path)
+            fields = reader.decoder_fields(self._layout, buffer)
+            self._slow = {
+                k: reader.H5Column(self._layout, fl)
+                for k, fl in enumerate(self._layout.fields)
+                if fl.values is None
+            }
+        self._decoder = Decoder(self._layout.num_rows, fields)
+        # Positions of each schema field among the decoder's fields.
+        self._decoder_index = {name: k for k, name in enumerate(self._decoder.names)}
+        self._pid = os.getpid()
+        return self._decoder
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle as path and options: every process maps the file itself.
+        state = self.__dict__.copy()
+        state.update(_decoder=None, _slow={}, _pid=-1, _arrays=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.in_memory:
+            self._arrays = reader.load_arrays(self._layout)
+
+    # -- reading ---------------------------------------------------------
+    def __len__(self) -> int:
+        return self._layout.num_rows
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            decoder = self._decoder if self._decoder is not None else self._open()
+            row = decoder.row(index) if not self._slow else self._mixed_row(int(index))
+            return row if self.transform is None else self.transform(row)
+        if isinstance(index, slice):
+            return self.__getitems__(range(*index.indices(len(self))))
+        if isinstance(index, (SequenceABC, np.ndarray, range)) and not isinstance(index, str):
+            return self.__getitems__(index)
+        raise TypeError(
+            f"H5Dataset indices must be int, slice, list or int array, not {type(index).__name__}"
+        )
+
+    def __getitems__(self, indices: Iterable[int]) -> Any:
+        """Fetch many rows at once (PyTorch calls this for each batch)."""
+        decoder = self._decoder if self._decoder is not None else self._open()
+        idx = decoder.rows_index(indices if not isinstance(indices, range) else np.arange(
+            indices.start, indices.stop, indices.step))
+        batch = Batch(self, idx)
+        if self.transform is None:
+            return batch
+        return [self.transform(row) for row in batch]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i in range(len(self)):
+            yield self[i]
+
+    def _mixed_row(self, i: int) -> dict[str, Any]:
+        decoder = self._decoder
+        assert decoder is not None
+        if i < 0:
+            i += len(self)
+        row = {}
+        for k, fl in enumerate(self._layout.fields):
+            name = fl.field.name
+            if k in self._slow:
+                if not 0 <= i < len(self):
+                    raise IndexError(f"row index out of range for a dataset of {len(self)} rows")
+                row[name] = self._slow[k].value(i)
+            else:
+                row[name] = decoder.value(self._decoder_index[name], i)
+        return row
+
+    def column(self, name: str, idx: np.ndarray) -> Any:
+        """Decode one field of checked rows ``idx`` (see :meth:`Decoder.column`)."""
+        decoder = self._decoder if self._decoder is not None else self._open()
+        k = self._decoder_index.get(name)
+        if k is None:
+            pos = self.names.index(name)
+            return self._slow[pos].column(idx)
+        return decoder.column(k, idx)
+
+    def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Gather a variable-length field of rows ``idx`` into a padded array."""
+        decoder = self._decoder if self._decoder is not None else self._open()
+        k = self._decoder_index.get(name)
+        if k is None:
+            flat, offsets = self.column(name, idx)
+            return _pad_ragged(flat, offsets, pad)
+        return decoder.padded(k, idx, np.frombuffer(pad, np.uint8))
+
+    def kind(self, name: str) -> int:
+        return self._layout.fields[self.names.index(name)].kind
+
+    def close(self) -> None:
+        """Release the memory map and any HDF5 handle (reopened on next access)."""
+        for column in self._slow.values():
+            column.close()
+        self._slow = {}
+        self._decoder = None
+
+    def __enter__(self) -> H5Dataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"H5Dataset({self.path!r}, rows={len(self)}, fields={self.names}, "
+            f"in_memory={self.in_memory!r})"
+        )
+
+
+def _pad_ragged(flat: np.ndarray, offsets: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)
+    width = int(lengths.max()) if len(lengths) else 0
+    out = np.empty((len(lengths), width) + flat.shape[1:], flat.dtype)
+    out[...] = np.frombuffer(pad, flat.dtype).reshape(flat.shape[1:]) if pad else 0
+    for j, n in enumerate(lengths):
+        out[j, :n] = flat[offsets[j] : offsets[j + 1]]
+    return out, lengths.astype(np.int64)
+
+
+class Batch(SequenceABC):
+    """Rows fetched together; a sequence of row dicts, decoded column-wise.
+
+    ``batch[j]`` is row ``j`` as a dict; :meth:`column` gives a whole
+    field at once. :func:`h5record.collate` turns a batch into tensors
+    without building per-row dicts.
+    """
+
+    __slots__ = ("_cache", "dataset", "indices")
+
+    def __init__(self, dataset: H5Dataset, indices: np.ndarray) -> None:
+        self.dataset = dataset
+        self.indices = indices
+        self._cache: dict[str, Any] = {}
+
+    def column(self, name: str) -> Any:
+        """One field for every row: list (String, Bytes), ndarray (fixed
+        fields) or ``(flat, offsets)`` (variable numeric fields)."""
+        col = self._cache.get(name)
+        if col is None:
+            col = self._cache[name] = self.dataset.column(name, self.indices)
+        return col
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        return {name: self.column(name) for name in self.dataset.names}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return Batch(self.dataset, self.indices[j])
+        n = len(self.indices)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError(f"batch index {j} out of range for a batch of {n} rows")
+        row = {}
+        for name in self.dataset.names:
+            col = self.column(name)
+            if isinstance(col, tuple):
+                flat, offsets = col
+                row[name] = flat[offsets[j] : offsets[j + 1]]
+            elif isinstance(col, np.ndarray) and col.ndim == 1:
+                row[name] = col[j].item()
+            else:
+                row[name] = col[j]
+        return row
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [self[j] for j in range(len(self))]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Batch):
+            other = other.to_list()
+        if not isinstance(other, list) or len(other) != len(self):
+            return NotImplemented if not isinstance(other, list) else False
+        return all(_rows_equal(a, b) for a, b in zip(self.to_list(), other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self)} rows of {self.dataset.path!r})"
+
+
+def _rows_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a)
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _legacy_create(
+    schema: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    in_memory: Any,
+    transform: Any,
+) -> tuple[str, Any, Any]:
+    """The h5record 1.0.4 signature: write the file if absent, then open it."""
+    names = ("path", "data_iter", "data_length", "chunk_size", "compression",
+             "transform", "to_memory", "multiprocess")
+    if len(args) > len(names):
+        raise TypeError(f"H5Dataset(schema, ...) takes at most {len(names)} more arguments")
+    params: dict[str, Any] = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key not in names or key in params:
+            raise TypeError(f"H5Dataset(schema, ...) got an unexpected or repeated argument {key!r}")
+        params[key] = value
+    if "path" not in params:
+        raise TypeError("H5Dataset(schema, path, data_iter) needs a path")
+    path = os.fspath(params["path"])
+    schema_obj = Schema.coerce(schema)
+    if not os.path.exists(path):
+        data_iter = params.get("data_iter")
+        if data_iter is None:
+            raise FileNotFoundError(f"{path} does not exist and no data_iter was given to write it")
+        # chunk_size and multiprocess of 1.0.4 need no equivalent: chunking is
+        # chosen per field, and every read mode is multi-process safe.
+        with H5Writer(path, schema_obj, compression=params.get("compression"),
+                      total=params.get("data_length")) as writer:
+            for row in data_iter:
+                writer.write(row)
+    if transform is None:
+        transform = params.get("transform")
+    if in_memory is None and params.get("to_memory"):
+        in_memory = True
+    return path, in_memory, transform

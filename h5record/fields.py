@@ -1,0 +1,557 @@
+"""Typed fields and the schema.
+
+A field knows its storage (dtype, element shape, fixed or variable length)
+and how to check and convert one value or a column of values for the
+writer. The names and constructor arguments of h5record 1.0.4 are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import codecs
+from .errors import RowError, RowTypeError, SchemaError
+
+_NUMBER_KINDS = "biuf"
+
+
+def _where(field: str, row: int | None) -> str:
+    return f"field {field!r}" + ("" if row is None else f", row {row}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"ndarray of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
+    if arr.size and arr.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise RowError(
+                f"{where}: value {int(bad)} is out of range for {dtype.name} "
+                f"[{info.min}, {info.max}]"
+            )
+
+
+def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) -> np.ndarray:
+    """Convert a value to an array of ``dtype`` refusing unsafe casts."""
+    if value is None:
+        raise RowTypeError(f"{where}: expected {expected}, got None")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise RowTypeError(f"{where}: expected {expected}, got {_describe(value)}") from exc
+    if arr.dtype.kind not in _NUMBER_KINDS:
+        if arr.dtype.kind == "O" and arr.size == 0:
+            arr = arr.astype(dtype)
+        else:
+            raise RowTypeError(f"{where}: expected {expected}, got {_describe(value)}")
+    if arr.dtype.kind == "f" and dtype.kind in "iub":
+        raise RowTypeError(
+            f"{where}: expected {expected}, got floating point data ({arr.dtype}); "
+            "round and cast it first"
+        )
+    _check_int_range(arr, dtype, where)
+    return arr.astype(dtype, copy=False)
+
+
+class Field:
+    """Base class of schema fields.
+
+    Parameters
+    ----------
+    name:
+        Field name, unique within a schema.
+    compression:
+        Codec for this field; ``None`` takes the dataset's default. See
+        :mod:`h5record.codecs`.
+    """
+
+    type_name: ClassVar[str] = ""
+    variable: ClassVar[bool] = False
+    dtype: np.dtype
+    element_shape: tuple[int, ...] = ()
+
+    def __init__(self, name: str, compression: Any = None) -> None:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise SchemaError(f"field name must be a non-empty string without '/', got {name!r}")
+        self.name = name
+        self.codec = None if compression is None else codecs.parse(compression, name)
+
+    # -- schema JSON ---------------------------------------------------
+    def _extra_json(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type_name}
+        out.update(self._extra_json())
+        out["codec"] = self.codec if self.codec is not None else {"id": "none"}
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_json().items() if k != "type")
+        return f"{self.type_name}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Field) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_json(), sort_keys=True))
+
+    @property
+    def element_bytes(self) -> int:
+        return int(self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64)))
+
+    # -- conversion for the writer --------------------------------------
+    def convert(self, value: Any, row: int | None) -> Any:
+        """Check one value; return what the writer buffers.
+
+        Variable fields return ``bytes`` or an array of elements; fixed
+        fields return an array of ``element_shape`` or a scalar.
+        """
+        raise NotImplementedError
+
+    def convert_column(self, values: Any, first_row: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Check a whole column; return (flat values, lengths or None)."""
+        if self.variable:
+            parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
+            return _concat(parts, self), np.fromiter(map(len, parts), np.int64, len(parts))
+        arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+        shape = self.element_shape
+        if arr.dtype.kind in _NUMBER_KINDS and arr.shape[1:] == shape:
+            where = _where(self.name, None) + f" (rows {first_row}..)"
+            _check_int_range(arr, self.dtype, where)
+            if arr.dtype.kind == "f" and self.dtype.kind in "iu":
+                raise RowTypeError(f"{where}: expected integers, got {arr.dtype}")
+            return np.ascontiguousarray(arr, dtype=self.dtype), None
+        parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
+        return np.asarray(parts, dtype=self.dtype).reshape((len(parts),) + shape), None
+
+
+def _concat(parts: list[Any], field: Field) -> np.ndarray:
+    if field.dtype == np.uint8 and field.element_shape == () and all(
+        isinstance(p, bytes) for p in parts
+    ):
+        return np.frombuffer(b"".join(parts), np.uint8)
+    if not parts:
+        return np.empty((0,) + field.element_shape, field.dtype)
+    return np.concatenate(parts).astype(field.dtype, copy=False)
+
+
+class String(Field):
+    """UTF-8 text of any length; read back as ``str``."""
+
+    type_name = "String"
+    variable = True
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, name: str = "string", compression: Any = None) -> None:
+        super().__init__(name, compression)
+
+    def convert(self, value: Any, row: int | None) -> bytes:
+        if not isinstance(value, str):
+            raise RowTypeError(f"{_where(self.name, row)}: expected str, got {_describe(value)}")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RowError(
+                f"{_where(self.name, row)}: string cannot be encoded as UTF-8 "
+                f"({exc.reason} at position {exc.start})"
+            ) from exc
+
+
+class Bytes(Field):
+    """Raw or encoded blobs (JPEG, PNG, audio, ...); read back as ``bytes``."""
+
+    type_name = "Bytes"
+    variable = True
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, name: str = "bytes", compression: Any = None) -> None:
+        super().__init__(name, compression)
+
+    def convert(self, value: Any, row: int | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+            return value.tobytes()
+        raise RowTypeError(
+            f"{_where(self.name, row)}: expected bytes, bytearray, memoryview or 1-D uint8 "
+            f"array, got {_describe(value)}"
+        )
+
+
+class Sequence(Field):
+    """A 1-D numeric sequence of any length; read back as a 1-D ndarray.
+
+    ``dtype`` is any numeric numpy dtype (default int64).
+    """
+
+    type_name = "Sequence"
+    variable = True
+
+    def __init__(
+        self,
+        name: str = "sequence",
+        dtype: Any = "int64",
+        compression: Any = None,
+        sub_attributes: Any = None,
+    ) -> None:
+        super().__init__(name, compression)
+        if sub_attributes is not None:
+            raise SchemaError(
+                f"field {name!r}: sub_attributes of h5record 1.0.4 are not supported; "
+                "declare one Sequence field per attribute instead"
+            )
+        self.dtype = _numeric_dtype(dtype, name)
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.str}
+
+    def convert(self, value: Any, row: int | None) -> np.ndarray:
+        where = _where(self.name, row)
+        arr = _as_numeric_array(value, self.dtype, where, f"a 1-D sequence of {self.dtype.name}")
+        if arr.ndim != 1:
+            raise RowError(f"{where}: expected a 1-D sequence, got shape {arr.shape}")
+        return arr
+
+
+class FloatSequence(Sequence):
+    """A 1-D float32 sequence."""
+
+    type_name = "FloatSequence"
+
+    def __init__(self, name: str = "sequence", compression: Any = None) -> None:
+        super().__init__(name, "float32", compression)
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {}
+
+
+class Float16Sequence(Sequence):
+    """A 1-D float16 sequence."""
+
+    type_name = "Float16Sequence"
+
+    def __init__(self, name: str = "sequence", compression: Any = None) -> None:
+        super().__init__(name, "float16", compression)
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {}
+
+
+class _Scalar(Field):
+    python_type: ClassVar[type] = int
+
+    def convert(self, value: Any, row: int | None) -> Any:
+        ok = (int, np.integer) if self.dtype.kind in "iu" else (int, float, np.integer, np.floating)
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if not isinstance(value, ok) or isinstance(value, bool) and self.dtype.kind == "f":
+            expected = "an integer" if self.dtype.kind in "iu" else "a number"
+            raise RowTypeError(f"{_where(self.name, row)}: expected {expected}, got {_describe(value)}")
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            if not info.min <= value <= info.max:
+                raise RowError(
+                    f"{_where(self.name, row)}: value {int(value)} is out of range for "
+                    f"{self.dtype.name} [{info.min}, {info.max}]"
+                )
+        return value
+
+
+class Integer(_Scalar):
+    """One integer per row (default int64); read back as ``int``."""
+
+    type_name = "Integer"
+
+    def __init__(self, name: str = "label", dtype: Any = "int64", compression: Any = None) -> None:
+        super().__init__(name, compression)
+        self.dtype = _numeric_dtype(dtype, name)
+        if self.dtype.kind not in "iu":
+            raise SchemaError(f"field {name!r}: Integer needs an integer dtype, got {self.dtype}")
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.str}
+
+
+class Float(_Scalar):
+    """One floating point number per row (default float64); read back as ``float``."""
+
+    type_name = "Float"
+
+    def __init__(self, name: str = "label", dtype: Any = "float64", compression: Any = None) -> None:
+        super().__init__(name, compression)
+        self.dtype = _numeric_dtype(dtype, name)
+        if self.dtype.kind != "f":
+            raise SchemaError(f"field {name!r}: Float needs a floating dtype, got {self.dtype}")
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.str}
+
+
+class Float16(_Scalar):
+    """One float16 number per row; read back as ``float``."""
+
+    type_name = "Float16"
+    dtype = np.dtype("<f2")
+
+    def __init__(self, name: str = "label", compression: Any = None) -> None:
+        super().__init__(name, compression)
+
+
+class Array(Field):
+    """A fixed-shape array of any numeric dtype per row."""
+
+    type_name = "Array"
+
+    def __init__(
+        self, name: str, shape: Iterable[int], dtype: Any = "float32", compression: Any = None
+    ) -> None:
+        super().__init__(name, compression)
+        self.dtype = _numeric_dtype(dtype, name)
+        self.element_shape = _shape(shape, name)
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"shape": list(self.element_shape), "dtype": self.dtype.str}
+
+    def convert(self, value: Any, row: int | None) -> np.ndarray:
+        where = _where(self.name, row)
+        arr = _as_numeric_array(
+            value, self.dtype, where, f"an array of shape {self.element_shape}"
+        )
+        if arr.shape != self.element_shape:
+            raise RowError(f"{where}: expected shape {self.element_shape}, got {arr.shape}")
+        return arr
+
+
+def _image_array(field: Field, value: Any, row: int | None, frames: bool) -> np.ndarray:
+    c, h, w = field.chw  # type: ignore[attr-defined]
+    where = _where(field.name, row)
+    what = "(t, c, h, w)" if frames else "(c, h, w)"
+    arr = _as_numeric_array(value, np.dtype(np.uint8), where, f"a uint8 image array {what}")
+    tail = arr.shape[1:] if frames else arr.shape
+    if frames and arr.ndim != 4 or not frames and arr.ndim != 3:
+        raise RowError(f"{where}: expected an array {what} = {(c, h, w)}, got shape {arr.shape}")
+    if tail == (c, h, w):
+        return arr
+    if tail == (h, w, c):  # channel-last input, as PIL gives it
+        return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
+    raise RowError(f"{where}: expected image shape {(c, h, w)} (or {(h, w, c)}), got {tail}")
+
+
+class Image(Field):
+    """A uint8 image of fixed size, stored and read back as (c, h, w)."""
+
+    type_name = "Image"
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, h: int, w: int, c: int = 3, name: str = "image", compression: Any = None):
+        super().__init__(name, compression)
+        self.chw = _shape((c, h, w), name)
+        self.element_shape = self.chw
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"shape": list(self.chw)}
+
+    def convert(self, value: Any, row: int | None) -> np.ndarray:
+        return _image_array(self, value, row, frames=False)
+
+    def read_image(self, filename: str, resize: bool = True) -> np.ndarray:
+        """Read an image file with Pillow into a (c, h, w) uint8 array."""
+        return _read_pil(filename, self.chw, resize)
+
+
+class ImageSequence(Field):
+    """Any number of uint8 frames of fixed size; read back as (t, c, h, w)."""
+
+    type_name = "ImageSequence"
+    variable = True
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, h: int, w: int, c: int = 3, name: str = "frames", compression: Any = None):
+        super().__init__(name, compression)
+        self.chw = _shape((c, h, w), name)
+        self.element_shape = self.chw
+
+    def _extra_json(self) -> dict[str, Any]:
+        return {"shape": list(self.chw)}
+
+    def convert(self, value: Any, row: int | None) -> np.ndarray:
+        return _image_array(self, value, row, frames=True)
+
+    def read_gif(self, filename: str, resize: bool = True) -> np.ndarray:
+        """Read every frame of an animated image with Pillow into (t, c, h, w) uint8."""
+        pil = _pil()
+        frames = []
+        with pil.open(filename) as img:
+            for index in range(getattr(img, "n_frames", 1)):
+                img.seek(index)
+                frames.append(_pil_to_chw(img.copy(), self.chw, resize))
+        return np.stack(frames)
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image as PILImage
+    except ImportError as exc:
+        raise ImportError(
+            "reading image files needs Pillow: pip install 'h5record[images]'"
+        ) from exc
+    return PILImage
+
+
+def _pil_to_chw(img: Any, chw: tuple[int, ...], resize: bool) -> np.ndarray:
+    c, h, w = chw
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+    if mode is None:
+        raise SchemaError(f"reading image files supports 1, 3 or 4 channels, not {c}")
+    img = img.convert(mode)
+    if resize:
+        img = img.resize((w, h))
+    arr = np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], c)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _read_pil(filename: str, chw: tuple[int, ...], resize: bool) -> np.ndarray:
+    with _pil().open(filename) as img:
+        return _pil_to_chw(img, chw, resize)
+
+
+def _numeric_dtype(dtype: Any, name: str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise SchemaError(f"field {name!r}: {dtype!r} is not a numpy dtype") from exc
+    if dt.kind not in _NUMBER_KINDS or dt.kind == "b":
+        raise SchemaError(f"field {name!r}: dtype must be a numeric type, got {dt}")
+    return dt.newbyteorder("<") if dt.itemsize > 1 else dt
+
+
+def _shape(shape: Iterable[int], name: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"field {name!r}: shape must be a tuple of ints, got {shape!r}") from exc
+    if any(s <= 0 for s in out):
+        raise SchemaError(f"field {name!r}: shape must be positive, got {out}")
+    return out
+
+
+FIELD_TYPES: dict[str, type[Field]] = {
+    cls.type_name: cls
+    for cls in (
+        String,
+        Bytes,
+        Sequence,
+        FloatSequence,
+        Float16Sequence,
+        Integer,
+        Float,
+        Float16,
+        Array,
+        Image,
+        ImageSequence,
+    )
+}
+
+
+def field_from_json(obj: Mapping[str, Any]) -> Field:
+    """Rebuild a field from its schema JSON entry."""
+    try:
+        cls = FIELD_TYPES[obj["type"]]
+        name = obj["name"]
+        codec = obj.get("codec")
+        if cls is Image or cls is ImageSequence:
+            c, h, w = obj["shape"]
+            field: Field = cls(h, w, c, name=name)
+        elif cls is Array:
+            field = Array(name, obj["shape"], obj["dtype"])
+        elif "dtype" in obj:
+            field = cls(name, dtype=obj["dtype"])  # type: ignore[call-arg]
+        else:
+            field = cls(name)  # type: ignore[call-arg]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SchemaError(f"invalid field entry in schema: {obj!r}") from exc
+    field.codec = codecs.parse(codec, field.name) if codec else None
+    return field
+
+
+class Schema:
+    """An ordered collection of uniquely named fields."""
+
+    def __init__(self, fields: Iterable[Field]) -> None:
+        self.fields = list(fields)
+        seen: set[str] = set()
+        for field in self.fields:
+            if not isinstance(field, Field):
+                raise SchemaError(f"schema entries must be h5record fields, got {field!r}")
+            if field.name in seen:
+                raise SchemaError(f"duplicate field name {field.name!r} in schema")
+            seen.add(field.name)
+        if not self.fields:
+            raise SchemaError("a schema needs at least one field")
+        self.names = [f.name for f in self.fields]
+        self.by_name = {f.name: f for f in self.fields}
+
+    @classmethod
+    def coerce(cls, schema: Any) -> Schema:
+        """Accept a Schema, or a tuple, list or dict of fields (as 1.0.4 did)."""
+        if isinstance(schema, Schema):
+            return schema
+        if isinstance(schema, Field):
+            return cls([schema])
+        if isinstance(schema, Mapping):
+            fields = []
+            for key, field in schema.items():
+                if isinstance(field, Field) and field.name != key:
+                    raise SchemaError(
+                        f"schema key {key!r} differs from its field's name {field.name!r}"
+                    )
+                fields.append(field)
+            return cls(fields)
+        if isinstance(schema, (list, tuple)):
+            return cls(schema)
+        raise SchemaError(
+            f"schema must be a tuple, list or dict of fields, got {type(schema).__name__}"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({"fields": [f.to_json() for f in self.fields]})
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        try:
+            obj = json.loads(text)
+            entries = obj["fields"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SchemaError(f"schema attribute is not valid schema JSON: {text[:200]!r}") from exc
+        return cls(field_from_json(e) for e in entries)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __getitem__(self, name: str) -> Field:
+        return self.by_name[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schema) and self.fields == other.fields
+
+    def __repr__(self) -> str:
+        return f"Schema({self.fields!r})"

@@ -1,0 +1,345 @@
+"""Open an h5record file: read its metadata once, map its buffers.
+
+This is the one module that talks to HDF5 on the read side. Opening reads
+the root attributes and a few dataset headers, then closes the HDF5 file:
+unfiltered data is read later through a read-only memory map of the file
+(addresses from the chunk tables, docs/FORMAT.md section 4), so no HDF5
+handle is kept open and none can cross a fork. Filtered datasets (lzf,
+gzip) are read through h5py by :class:`H5Column`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import spec
+from ._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIABLE
+from .errors import FormatError
+from .fields import Field, Schema, String
+
+# One lock around every HDF5 call made after opening.
+HDF5_LOCK = threading.RLock()
+
+
+def field_kind(field: Field) -> int:
+    if isinstance(field, String):
+        return KIND_STRING
+    if field.type_name == "Bytes":
+        return KIND_BYTES
+    if field.variable:
+        return KIND_VARIABLE
+    return KIND_SCALAR if field.element_shape == () else KIND_FIXED
+
+
+@dataclass
+class PagedArray:
+    """Where one stored array lives: chunk addresses in a byte buffer."""
+
+    table: np.ndarray  # int64 address of each chunk, -1 when absent
+    chunk_len: int
+    elem_bytes: int
+    length: int
+
+
+@dataclass
+class FieldLayout:
+    field: Field
+    kind: int
+    values: PagedArray | None  # None: read through h5py
+    offsets: PagedArray | None
+    values_len: int
+    filtered: bool
+
+
+@dataclass
+class FileLayout:
+    path: str
+    schema: Schema
+    num_rows: int
+    version: int
+    file_size: int
+    fields: list[FieldLayout] = field(default_factory=list)
+
+    @property
+    def mappable(self) -> bool:
+        return all(not f.filtered for f in self.fields)
+
+
+def _attr(f: h5py.File, key: str, path: str) -> Any:
+    try:
+        return f.attrs[key]
+    except KeyError as exc:
+        raise FormatError(f"{path}: not an h5record file (root attribute {key!r} missing)") from exc
+
+
+def read_layout(path: str) -> FileLayout:
+    """Read a file's metadata; raise FormatError if it is not a valid h5record file."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with f:
+        if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
+            raise FormatError(f"{path}: not an h5record file")
+        version = int(_attr(f, spec.ATTR_VERSION, path))
+        if version > spec.FORMAT_VERSION:
+            raise FormatError(
+                f"{path}: written in h5record format version {version}, but this h5record "
+                f"reads versions up to {spec.FORMAT_VERSION}; upgrade h5record"
+            )
+        schema_text = _attr(f, spec.ATTR_SCHEMA, path)
+        if isinstance(schema_text, bytes):
+            schema_text = schema_text.decode("utf-8")
+        schema = Schema.from_json(schema_text)
+        num_rows = int(_attr(f, spec.ATTR_NUM_ROWS, path))
+        layout = FileLayout(path, schema, num_rows, version, os.path.getsize(path))
+        for fld in schema:
+            layout.fields.append(_field_layout(f, fld, num_rows, layout.file_size, path))
+    return layout
+
+
+def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -> FieldLayout:
+    where = f"{path}: field {fld.name!r}"
+    try:
+        values = f[spec.field_path(fld.name, spec.VALUES)]
+        offsets = f[spec.field_path(fld.name, spec.OFFSETS)] if fld.variable else None
+    except KeyError as exc:
+        raise FormatError(f"{where}: dataset missing ({exc}); the file is damaged") from exc
+    if values.shape[1:] != fld.element_shape or values.dtype != fld.dtype:
+        raise FormatError(
+            f"{where}: values have shape {values.shape} and dtype {values.dtype}, "
+            f"the schema says (n, {fld.element_shape}) of {fld.dtype}"
+        )
+    if offsets is not None and offsets.shape[0] < n + 1:
+        raise FormatError(f"{where}: {offsets.shape[0]} offsets for {n} rows; the file is damaged")
+    if offsets is None and values.shape[0] < n:
+        raise FormatError(f"{where}: {values.shape[0]} values for {n} rows; the file is damaged")
+    filtered = bool(values.id.get_create_plist().get_nfilters())
+    values_paged = None if filtered else _paged(f, values, fld.element_bytes, file_size, where)
+    offsets_paged = None if offsets is None else _paged(f, offsets, 8, file_size, where)
+    if offsets_paged is None and offsets is not None:
+        raise FormatError(f"{where}: offsets must not be filtered")
+    return FieldLayout(fld, field_kind(fld), values_paged, offsets_paged, values.shape[0], filtered)
+
+
+def _paged(f: h5py.File, dset: h5py.Dataset, elem_bytes: int, file_size: int, where: str):
+    """Find the chunk addresses of an unfiltered dataset, or None if filtered."""
+    if dset.id.get_create_plist().get_nfilters():
+        return None
+    length = dset.shape[0]
+    if dset.chunks is None:  # contiguous, e.g. after h5repack
+        offset = dset.id.get_offset()
+        table = np.array([-1 if offset is None else offset], np.int64)
+        return PagedArray(table, max(length, 1), elem_bytes, length)
+    chunk_len = dset.chunks[0]
+    n_chunks = -(-length // chunk_len)
+    table = _stored_table(f, dset, n_chunks)
+    if table is None:
+        table = _scan_table(dset, chunk_len, n_chunks)
+    chunk_bytes = chunk_len * elem_bytes
+    valid = table >= 0
+    if np.any(table[valid] + chunk_bytes > file_size):
+        raise FormatError(f"{where}: chunk addresses point past the end of the file; damaged")
+    return PagedArray(table, chunk_len, elem_bytes, length)
+
+
+def _stored_table(f: h5py.File, dset: h5py.Dataset, n_chunks: int) -> np.ndarray | None:
+    name = dset.name + spec.CHUNK_TABLE_SUFFIX
+    if name not in f:
+        return None
+    table_ds = f[name]
+    if table_ds.shape != (n_chunks,) or table_ds.dtype != np.int64:
+        return None
+    table = table_ds[()]
+    # The table is an accelerator: trust it only if HDF5 agrees at both ends.
+    for c in {0, n_chunks - 1} if n_chunks else ():
+        info = dset.id.get_chunk_info_by_coord((c * dset.chunks[0],) + (0,) * (dset.ndim - 1))
+        expected = -1 if info.byte_offset is None else info.byte_offset
+        if table[c] != expected:
+            return None
+    return table
+
+
+def _scan_table(dset: h5py.Dataset, chunk_len: int, n_chunks: int) -> np.ndarray:
+    table = np.full(n_chunks, -1, np.int64)
+
+    def visit(info: Any) -> None:
+        table[info.chunk_offset[0] // chunk_len] = info.byte_offset
+
+    if n_chunks:
+        dset.id.chunk_iter(visit)
+    return table
+
+
+def map_file(path: str) -> mmap.mmap | bytes:
+    """A read-only memory map of the whole file (empty files give b"")."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def paged_spec(buffer: Any, paged: PagedArray) -> dict[str, Any]:
+    return {
+        "buffer": buffer,
+        "table": paged.table,
+        "chunk_len": paged.chunk_len,
+        "elem_bytes": paged.elem_bytes,
+        "length": paged.length,
+    }
+
+
+def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
+    """Kernel field specs for every unfiltered field, over one mapped buffer."""
+    out = []
+    for fl in layout.fields:
+        if fl.values is None:
+            continue
+        entry = {
+            "name": fl.field.name,
+            "kind": fl.kind,
+            "dtype": fl.field.dtype,
+            "element_shape": fl.field.element_shape,
+            "values": paged_spec(buffer, fl.values),
+        }
+        if fl.offsets is not None:
+            entry["offsets"] = paged_spec(buffer, fl.offsets)
+        out.append(entry)
+    return out
+
+
+def load_arrays(layout: FileLayout, names: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Read (and decompress) whole fields into memory: name -> {values, offsets}."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    n = layout.num_rows
+    with HDF5_LOCK, h5py.File(layout.path, "r") as f:
+        for fl in layout.fields:
+            name = fl.field.name
+            if names is not None and name not in names:
+                continue
+            arrays: dict[str, np.ndarray] = {}
+            if fl.field.variable:
+                offsets = f[spec.field_path(name, spec.OFFSETS)][: n + 1]
+                end = int(offsets[-1]) if len(offsets) else 0
+                if end > fl.values_len or np.any(np.diff(offsets) < 0):
+                    raise FormatError(f"{layout.path}: field {name!r}: offsets are damaged")
+                arrays["offsets"] = offsets.astype(np.int64, copy=False)
+                arrays["values"] = f[spec.field_path(name, spec.VALUES)][:end]
+            else:
+                arrays["values"] = f[spec.field_path(name, spec.VALUES)][:n]
+            out[name] = arrays
+    return out
+
+
+def memory_fields(layout: FileLayout, arrays: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+    """Kernel field specs over in-memory arrays (one chunk per array)."""
+    out = []
+    for fl in layout.fields:
+        fld = fl.field
+        data = arrays[fld.name]
+        values = np.ascontiguousarray(data["values"])
+        entry = {
+            "name": fld.name,
+            "kind": fl.kind,
+            "dtype": fld.dtype,
+            "element_shape": fld.element_shape,
+            "values": _whole(values, fld.element_bytes),
+        }
+        if "offsets" in data:
+            entry["offsets"] = _whole(np.ascontiguousarray(data["offsets"], np.int64), 8)
+        out.append(entry)
+    return out
+
+
+def _whole(arr: np.ndarray, elem_bytes: int) -> dict[str, Any]:
+    length = arr.shape[0]
+    return {
+        "buffer": arr.reshape(-1).view(np.uint8),
+        "table": np.zeros(1, np.int64),
+        "chunk_len": max(length, 1),
+        "elem_bytes": elem_bytes,
+        "length": length,
+    }
+
+
+class H5Column:
+    """Read one filtered field through h5py (the slow path for lzf/gzip)."""
+
+    def __init__(self, layout: FileLayout, fl: FieldLayout) -> None:
+        self.path = layout.path
+        self.field = fl.field
+        self.kind = fl.kind
+        self._file: h5py.File | None = None
+        self._pid = -1
+
+    def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
+        if self._file is None or self._pid != os.getpid():
+            # Never reuse an HDF5 handle inherited through fork.
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=4 << 20)
+            self._pid = os.getpid()
+        name = self.field.name
+        values = self._file[spec.field_path(name, spec.VALUES)]
+        offsets = self._file[spec.field_path(name, spec.OFFSETS)] if self.field.variable else None
+        return values, offsets
+
+    def value(self, i: int) -> Any:
+        with HDF5_LOCK:
+            values, offsets = self._datasets()
+            if offsets is None:
+                arr = values[i]
+                if self.kind == KIND_SCALAR:
+                    return arr.item()
+                return arr
+            o0, o1 = (int(x) for x in offsets[i : i + 2])
+            if not 0 <= o0 <= o1 <= values.shape[0]:
+                raise FormatError(
+                    f"{self.path}: field {self.field.name!r}, row {i}: offsets out of bounds; "
+                    "the file is damaged"
+                )
+            data = values[o0:o1]
+        if self.kind == KIND_STRING:
+            try:
+                return data.tobytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FormatError(
+                    f"{self.path}: field {self.field.name!r}, row {i}: invalid UTF-8"
+                ) from exc
+        if self.kind == KIND_BYTES:
+            return data.tobytes()
+        return data
+
+    def column(self, idx: np.ndarray) -> Any:
+        items = [self.value(int(i)) for i in idx]
+        if self.kind in (KIND_STRING, KIND_BYTES):
+            return items
+        if self.kind == KIND_VARIABLE:
+            lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
+            offsets = np.zeros(len(items) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            shape = (0, *self.field.element_shape)
+            flat = np.concatenate(items) if items else np.empty(shape, self.field.dtype)
+            return flat, offsets
+        return np.asarray(items, dtype=self.field.dtype).reshape(
+            (len(items), *self.field.element_shape)
+        )
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            with HDF5_LOCK:
+                self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = -1
+        return state

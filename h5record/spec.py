@@ -1,0 +1,35 @@
+"""Constants of the file format; docs/FORMAT.md is the specification."""
+
+FORMAT_NAME = "h5record"
+FORMAT_VERSION = 1
+
+# Root attributes.
+ATTR_FORMAT = "h5record_format"
+ATTR_VERSION = "h5record_version"
+ATTR_SCHEMA = "schema"
+ATTR_NUM_ROWS = "num_rows"
+ATTR_WRITER = "writer"
+
+# Tree.
+FIELDS_GROUP = "fields"
+VALUES = "values"
+OFFSETS = "offsets"
+BLOCKS = "blocks"
+DICTIONARY = "dictionary"
+CHUNK_TABLE_SUFFIX = "_chunks"
+
+# A chunk of about this many bytes keeps chunk tables small (8 bytes per MiB
+# of data) while a partly filled last chunk wastes little.
+TARGET_CHUNK_BYTES = 1 << 20
+
+# Codec ids are never renamed or reused.
+CODEC_NONE = "none"
+CODEC_LZF = "lzf"
+CODEC_GZIP = "gzip"
+CODEC_ZSTD = "zstd"
+CODEC_IDS = (CODEC_NONE, CODEC_LZF, CODEC_GZIP, CODEC_ZSTD)
+
+
+def field_path(name: str, dataset: str) -> str:
+    """HDF5 path of one dataset of a field."""
+    return f"{FIELDS_GROUP}/{name}/{dataset}"

@@ -1,0 +1,104 @@
+"""Turning fetched rows into torch tensors: the collate function.
+
+The fastest DataLoader set-up (see README) passes ``collate_fn=collate``:
+PyTorch then fetches each batch with one ``__getitems__`` call, and
+:func:`collate` builds each tensor with one compiled call per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._fast import KIND_BYTES, KIND_STRING, KIND_VARIABLE
+from .dataset import Batch, _pad_ragged
+
+
+class Collate:
+    """Collate rows of an :class:`~h5record.H5Dataset` into a dict of tensors.
+
+    Numeric fields become tensors of shape (batch, ...); variable-length
+    numeric fields are padded to the longest row with ``pad_value`` and
+    come with ``<name><lengths_suffix>`` (int64 lengths); String and Bytes
+    fields stay lists.
+
+    Parameters
+    ----------
+    pad_value:
+        Value that fills the tail of shorter sequences.
+    lengths_suffix:
+        Key suffix of the lengths tensor of each padded field.
+    """
+
+    def __init__(self, pad_value: float = 0, lengths_suffix: str = "_lengths") -> None:
+        self.pad_value = pad_value
+        self.lengths_suffix = lengths_suffix
+
+    def __call__(self, batch: Any) -> dict[str, Any]:
+        if isinstance(batch, Batch):
+            return self._from_batch(batch)
+        if isinstance(batch, Sequence) and batch and isinstance(batch[0], Mapping):
+            return self._from_rows(batch)
+        raise TypeError(
+            "collate expects an h5record Batch or a list of row dicts, "
+            f"got {type(batch).__name__}"
+        )
+
+    def _pad_bytes(self, dtype: np.dtype, element_shape: tuple[int, ...]) -> bytes:
+        return np.full(element_shape, self.pad_value, dtype).tobytes()
+
+    def _from_batch(self, batch: Batch) -> dict[str, Any]:
+        ds = batch.dataset
+        out: dict[str, Any] = {}
+        for field in ds.schema:
+            name = field.name
+            kind = ds.kind(name)
+            if kind in (KIND_STRING, KIND_BYTES):
+                out[name] = batch.column(name)
+            elif kind == KIND_VARIABLE:
+                pad = self._pad_bytes(field.dtype, field.element_shape)
+                padded, lengths = ds.padded(name, batch.indices, pad)
+                self._put_padded(out, name, padded, lengths)
+            else:
+                out[name] = torch.from_numpy(batch.column(name))
+        return out
+
+    def _put_padded(self, out: dict[str, Any], name: str, padded: Any, lengths: Any) -> None:
+        key = name + self.lengths_suffix
+        if key in out:
+            raise ValueError(f"collate: lengths key {key!r} clashes with a field; set lengths_suffix")
+        out[name] = torch.from_numpy(padded)
+        out[key] = torch.from_numpy(lengths)
+
+    def _from_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """General path for rows changed by a transform."""
+        out: dict[str, Any] = {}
+        for name in rows[0]:
+            values = [row[name] for row in rows]
+            first = values[0]
+            if isinstance(first, (str, bytes)):
+                out[name] = values
+            elif isinstance(first, torch.Tensor):
+                out[name] = torch.stack(values)
+            elif isinstance(first, np.ndarray) and first.ndim >= 1:
+                if all(v.shape == first.shape for v in values):
+                    out[name] = torch.from_numpy(np.stack(values))
+                else:
+                    lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+                    offsets = np.zeros(len(values) + 1, np.int64)
+                    np.cumsum(lengths, out=offsets[1:])
+                    flat = np.concatenate(values)
+                    pad = self._pad_bytes(flat.dtype, flat.shape[1:])
+                    padded, lens = _pad_ragged(flat, offsets, pad)
+                    self._put_padded(out, name, padded, lens)
+            elif isinstance(first, (int, float, np.number, bool)):
+                out[name] = torch.as_tensor(np.asarray(values))
+            else:
+                out[name] = values
+        return out
+
+
+collate = Collate()

@@ -1,0 +1,381 @@
+"""H5Writer: stream rows into a new h5record file in one pass.
+
+Rows are checked as they arrive, buffered per field, and appended to
+chunked HDF5 datasets a few MiB at a time, so memory stays bounded and no
+HDF5 call is made per row. The file is written under a temporary name in
+the target folder and renamed into place only when it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import codecs, spec
+from ._version import __version__
+from .errors import H5RecordError, RowError, SchemaError
+from .fields import Field, Schema
+
+# Flush buffered rows to HDF5 when this many raw bytes are pending.
+FLUSH_BYTES = 16 << 20
+FLUSH_ROWS = 1 << 16
+
+
+def _chunk_len(element_bytes: int) -> int:
+    return max(1, spec.TARGET_CHUNK_BYTES // max(1, element_bytes))
+
+
+class _Column:
+    """Buffered, not yet written values of one field."""
+
+    def __init__(self, group: h5py.Group, field: Field, codec: dict[str, Any]) -> None:
+        self.field = field
+        self.rows: list[Any] = []  # values of single rows, not yet joined
+        self.parts: list[Any] = []  # joined (flat, lengths) pieces, not yet written
+        self.pending_bytes = 0
+        elem_shape = field.element_shape
+        filters = codecs.hdf5_filter(codec)
+        self.values = group.create_dataset(
+            spec.VALUES,
+            shape=(0,) + elem_shape,
+            maxshape=(None,) + elem_shape,
+            chunks=(_chunk_len(field.element_bytes),) + elem_shape,
+            dtype=field.dtype,
+            **filters,
+        )
+        self.offsets = None
+        self.end = 0  # elements written to values
+        if field.variable:
+            self.offsets = group.create_dataset(
+                spec.OFFSETS,
+                shape=(1,),
+                maxshape=(None,),
+                chunks=(_chunk_len(8),),
+                dtype="<i8",
+            )
+            self.offsets[0] = 0
+            self.lengths: list[int] = []
+
+    def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
+        self.parts.append((flat, lengths))
+        self.pending_bytes += flat.nbytes
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        if self.field.variable:
+            flat = _join([p[0] for p in self.parts], self.field)
+            lengths = np.concatenate([p[1] for p in self.parts])
+            starts = self.end + np.cumsum(lengths, dtype=np.int64)
+            n_old = self.offsets.shape[0]
+            self.offsets.resize((n_old + len(starts),))
+            self.offsets[n_old:] = starts
+        else:
+            flat = _join([p[0] for p in self.parts], self.field)
+        if len(flat):
+            self.values.resize((self.end + len(flat),) + self.field.element_shape)
+            self.values[self.end :] = flat
+            self.end += len(flat)
+        self.parts.clear()
+        self.pending_bytes = 0
+
+
+def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts).astype(field.dtype, copy=False)
+
+
+class H5Writer:
+    """Write rows into a new h5record file.
+
+    Parameters
+    ----------
+    path:
+        Destination. It appears only when the writer closes successfully.
+    schema:
+        A :class:`~h5record.Schema`, or a tuple, list or dict of fields.
+    compression:
+        Default codec of every field that sets none: ``None``, ``'lzf'``,
+        ``'gzip'``, ``('gzip', level)``.
+    overwrite:
+        Replace an existing file at ``path`` on close (default: refuse).
+    progress:
+        Show a progress bar; ``None`` shows one when stderr is a terminal.
+    total:
+        Expected row count, only for the progress bar.
+
+    Examples
+    --------
+    >>> from h5record import H5Writer, String, Integer
+    >>> with H5Writer("/tmp/doc_example.h5", [String("text"), Integer("label")],
+    ...               overwrite=True, progress=False) as w:
+    ...     w.write({"text": "hello", "label": 1})
+    ...     w.write_batch({"text": ["a", "b"], "label": [2, 3]})
+    >>> w.num_rows
+    3
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: Any,
+        compression: Any = None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.schema = Schema.coerce(schema)
+        if os.path.exists(self.path) and not overwrite:
+            raise FileExistsError(
+                f"{self.path} exists; pass overwrite=True to replace it, or open it with H5Dataset"
+            )
+        default_codec = codecs.parse(compression)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self._tmp_path = tempfile.mkstemp(
+            prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder
+        )
+        os.close(fd)
+        self.num_rows = 0
+        self._closed = False
+        try:
+            self._file = h5py.File(self._tmp_path, "w")
+            self._codecs = {}
+            self._columns: list[_Column] = []
+            fields_group = self._file.create_group(spec.FIELDS_GROUP)
+            for field in self.schema:
+                codec = field.codec or default_codec
+                if codec["id"] == spec.CODEC_ZSTD:
+                    raise SchemaError(
+                        f"field {field.name!r}: zstd compression is not available in this "
+                        "version; use None, 'lzf' or 'gzip'"
+                    )
+                self._codecs[field.name] = codec
+                self._columns.append(_Column(fields_group.create_group(field.name), field, codec))
+        except BaseException:
+            self._discard()
+            raise
+        self._names = self.schema.names
+        self._name_set = frozenset(self._names)
+        self._fields = self.schema.fields
+        self._pending_rows = 0
+        self._pending_bytes = 0
+        self._bar = _progress_bar(progress, total, self.path)
+        self._start = time.perf_counter()
+        self._bytes_written = 0
+
+    # -- context manager ------------------------------------------------
+    def __enter__(self) -> H5Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- writing ---------------------------------------------------------
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Check and buffer one row (a dict of field name to value).
+
+        A bad row raises a :class:`~h5record.errors.RowError` naming the
+        field and row; the rows before it stay written and the writer can
+        go on.
+        """
+        self._check_open()
+        index = self.num_rows
+        if not isinstance(row, Mapping):
+            raise RowError(f"row {index}: expected a dict of field values, got {type(row).__name__}")
+        if len(row) != len(self._names) or not self._name_set.issuperset(row):
+            self._raise_key_error(row.keys(), index)
+        # Convert every field before buffering any, so a bad row leaves no trace.
+        converted = [field.convert(row[field.name], index) for field in self._fields]
+        nbytes = 0
+        for column, value in zip(self._columns, converted):
+            column.rows.append(value)
+            t = type(value)
+            nbytes += len(value) if t is bytes else value.nbytes if t is np.ndarray else 8
+        self.num_rows += 1
+        self._pending_rows += 1
+        self._pending_bytes += nbytes
+        if self._pending_bytes >= FLUSH_BYTES or self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+
+    def write_batch(self, columns: Mapping[str, Any]) -> None:
+        """Check and write many rows given column-wise.
+
+        ``columns`` maps every field name to a sequence (list or array) of
+        values, all of the same length. The whole batch is checked before
+        any of it is written.
+        """
+        self._check_open()
+        if not isinstance(columns, Mapping):
+            raise RowError(f"write_batch expects a dict of columns, got {type(columns).__name__}")
+        if set(columns) != self._name_set:
+            self._raise_key_error(columns.keys(), None)
+        lengths = {name: len(columns[name]) for name in self._names}
+        n = lengths[self._names[0]]
+        if any(v != n for v in lengths.values()):
+            raise RowError(f"write_batch columns differ in length: {lengths}")
+        self._flush_rows()
+        converted = [
+            field.convert_column(columns[field.name], self.num_rows) for field in self._fields
+        ]
+        for column, (flat, lens) in zip(self._columns, converted):
+            column.append_many(flat, lens)
+        self.num_rows += n
+        self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
+        self.flush()
+
+    def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
+        keys = set(keys)
+        where = "write_batch" if index is None else f"row {index}"
+        missing = [n for n in self._names if n not in keys]
+        extra = sorted(k for k in keys if k not in self._name_set)
+        parts = []
+        if missing:
+            parts.append(f"missing field(s) {missing}")
+        if extra:
+            parts.append(f"unknown field(s) {extra}")
+        raise RowError(f"{where}: {' and '.join(parts)}; the schema has {self._names}")
+
+    def _flush_rows(self) -> None:
+        """Turn per-row buffers into one column part per field."""
+        if not self._pending_rows:
+            return
+        for column in self._columns:
+            rows = column.rows
+            field = column.field
+            if field.variable:
+                flat = _join_rows(rows, field)
+                lens = np.fromiter(map(len, rows), np.int64, len(rows))
+            else:
+                flat = np.asarray(rows, dtype=field.dtype).reshape((len(rows),) + field.element_shape)
+                lens = None
+            column.rows = []
+            column.append_many(flat, lens)
+        self._pending_rows = 0
+
+    def flush(self) -> None:
+        """Write everything buffered to the file."""
+        self._check_open()
+        self._flush_rows()
+        written = 0
+        for column in self._columns:
+            written += column.pending_bytes
+            column.flush()
+        self._bytes_written += written
+        self._pending_bytes = 0
+        if self._bar is not None:
+            self._bar.n = self.num_rows
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{self._bytes_written / elapsed / 1e6:.1f} MB/s", refresh=False)
+            self._bar.refresh()
+
+    # -- finishing -------------------------------------------------------
+    def close(self) -> None:
+        """Flush, commit the file and move it to its path."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self._commit()
+            self._file.close()
+            os.replace(self._tmp_path, self.path)
+        except BaseException:
+            self._discard()
+            raise
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+
+    def abort(self) -> None:
+        """Drop everything; no file appears at the path."""
+        if self._closed:
+            return
+        self._discard()
+        if self._bar is not None:
+            self._bar.close()
+
+    def _discard(self) -> None:
+        self._closed = True
+        try:
+            if getattr(self, "_file", None) is not None and self._file.id.valid:
+                self._file.close()
+        finally:
+            if os.path.exists(self._tmp_path):
+                os.unlink(self._tmp_path)
+
+    def _commit(self) -> None:
+        f = self._file
+        f.flush()
+        for column in self._columns:
+            _write_chunk_table(column.values)
+            if column.offsets is not None:
+                _write_chunk_table(column.offsets)
+        f.attrs[spec.ATTR_FORMAT] = spec.FORMAT_NAME
+        f.attrs[spec.ATTR_VERSION] = np.int64(spec.FORMAT_VERSION)
+        f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
+        schema = Schema(
+            _with_codec(field, self._codecs[field.name]) for field in self.schema.fields
+        )
+        f.attrs[spec.ATTR_SCHEMA] = schema.to_json()
+        # num_rows last: it is the commit point (docs/FORMAT.md, section 2).
+        f.attrs[spec.ATTR_NUM_ROWS] = np.int64(self.num_rows)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise H5RecordError(f"writer for {self.path} is closed")
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.abort()
+
+
+def _join_rows(rows: list[Any], field: Field) -> np.ndarray:
+    if not rows:
+        return np.empty((0,) + field.element_shape, field.dtype)
+    if isinstance(rows[0], bytes):
+        return np.frombuffer(b"".join(rows), np.uint8)
+    return np.concatenate(rows).astype(field.dtype, copy=False)
+
+
+def _with_codec(field: Field, codec: dict[str, Any]) -> Field:
+    clone = object.__new__(type(field))
+    clone.__dict__.update(field.__dict__)
+    clone.codec = codec
+    return clone
+
+
+def _write_chunk_table(dset: h5py.Dataset) -> None:
+    """Record the file address of every chunk of an unfiltered dataset."""
+    if dset.compression is not None or dset.chunks is None:
+        return
+    chunk_len = dset.chunks[0]
+    n_chunks = -(-dset.shape[0] // chunk_len)
+    table = np.full(n_chunks, -1, np.int64)
+
+    def visit(info: Any) -> None:
+        table[info.chunk_offset[0] // chunk_len] = info.byte_offset
+
+    if n_chunks:
+        dset.id.chunk_iter(visit)
+    dset.parent.create_dataset(dset.name.rsplit("/", 1)[1] + spec.CHUNK_TABLE_SUFFIX, data=table)
+
+
+def _progress_bar(progress: bool | None, total: int | None, path: str) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"writing {os.path.basename(path)}", unit=" rows", unit_scale=True)
