@@ -13,12 +13,16 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY, NAN, ldexp
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8String
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 
 cimport numpy as cnp
 import numpy as np
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch" (const void* addr) noexcept nogil
 
 from h5record.errors import FormatError
 
@@ -34,6 +38,10 @@ KIND_VARIABLE = 4
 # Scalar type codes, for returning Python numbers without numpy.
 cdef enum ScalarCode:
     S_I1, S_I2, S_I4, S_I8, S_U1, S_U2, S_U4, S_U8, S_F2, S_F4, S_F8, S_NONE
+
+# Rows ahead to prefetch in batch loops: enough to overlap memory latency.
+cdef enum:
+    PREFETCH_AHEAD = 16
 
 cdef struct Paged:
     const uint8_t* base
@@ -63,6 +71,18 @@ cdef inline int paged_ptr(const Paged* p, int64_t start, int64_t stop,
         out[0] = p.base + addr + within * p.elem_bytes
         return 1
     return 0
+
+
+cdef inline const uint8_t* paged_addr(const Paged* p, int64_t e) noexcept nogil:
+    """Address of element e, or NULL if out of bounds or absent."""
+    cdef int64_t c, addr
+    if e < 0 or e >= p.length:
+        return NULL
+    c = e // p.chunk_len
+    addr = p.table[c]
+    if addr < 0:
+        return NULL
+    return p.base + addr + (e - c * p.chunk_len) * p.elem_bytes
 
 
 cdef int paged_copy(const Paged* p, int64_t start, int64_t stop, uint8_t* out) noexcept nogil:
@@ -191,6 +211,8 @@ cdef class Decoder:
     cdef int* kinds
     cdef int* codes
     cdef int* typenums
+    cdef bint* is_var
+    cdef int64_t* bounds
     cdef list keep_alive
     cdef list elem_shapes
     cdef list dtypes
@@ -205,9 +227,12 @@ cdef class Decoder:
         self.kinds = <int*>malloc(n * sizeof(int))
         self.codes = <int*>malloc(n * sizeof(int))
         self.typenums = <int*>malloc(n * sizeof(int))
+        self.is_var = <bint*>malloc(n * sizeof(bint))
+        self.bounds = <int64_t*>malloc(2 * n * sizeof(int64_t))
         self.scratch = NULL
         self.scratch_size = 0
-        if not (self.values and self.offsets and self.kinds and self.codes and self.typenums):
+        if not (self.values and self.offsets and self.kinds and self.codes and self.typenums
+                and self.is_var and self.bounds):
             raise MemoryError()
         memset(self.offsets, 0, n * sizeof(Paged))
 
@@ -226,7 +251,8 @@ cdef class Decoder:
             self.typenums[k] = dtype.num
             self.elem_shapes.append(tuple(spec["element_shape"]))
             self._set_paged(&self.values[k], spec["values"])
-            if spec["kind"] in (KIND_STRING, KIND_BYTES, KIND_VARIABLE):
+            self.is_var[k] = spec["kind"] in (KIND_STRING, KIND_BYTES, KIND_VARIABLE)
+            if self.is_var[k]:
                 self._set_paged(&self.offsets[k], spec["offsets"])
 
     cdef _set_paged(self, Paged* p, dict spec):
@@ -247,6 +273,8 @@ cdef class Decoder:
         free(self.kinds)
         free(self.codes)
         free(self.typenums)
+        free(self.is_var)
+        free(self.bounds)
         free(self.scratch)
 
     cdef uint8_t* _scratch(self, int64_t size) except NULL:
@@ -282,7 +310,13 @@ cdef class Decoder:
             ) from exc
 
     cdef object _var_value(self, int k, int64_t row):
-        cdef int64_t o0, o1, nbytes
+        cdef int64_t o0, o1
+        if read_bounds(&self.offsets[k], row, &o0, &o1) < 0:
+            raise self._damaged(k, row)
+        return self._var_from_bounds(k, row, o0, o1)
+
+    cdef object _var_from_bounds(self, int k, int64_t row, int64_t o0, int64_t o1):
+        cdef int64_t nbytes
         cdef const uint8_t* ptr
         cdef Paged* vals = &self.values[k]
         cdef int kind = self.kinds[k]
@@ -290,8 +324,6 @@ cdef class Decoder:
         cdef cnp.npy_intp dims[8]
         cdef object arr
         cdef int d
-        if read_bounds(&self.offsets[k], row, &o0, &o1) < 0:
-            raise self._damaged(k, row)
         if kind == KIND_VARIABLE:
             shape = self.elem_shapes[k]
             dims[0] = o1 - o0
@@ -334,12 +366,29 @@ cdef class Decoder:
         """Decode row ``i`` (negative counts from the end) into a dict."""
         cdef int k
         cdef dict out = {}
+        cdef const uint8_t* p
+        cdef int64_t* lo = self.bounds
+        cdef int64_t* hi = self.bounds + self.n_fields
         i = self._check_row(i)
+        # Random rows miss the CPU caches: touch every field's offsets (or
+        # value) first, then every field's data, so the misses overlap
+        # instead of queueing one after another.
         for k in range(self.n_fields):
-            if self.kinds[k] >= KIND_SCALAR and self.kinds[k] != KIND_VARIABLE:
-                out[self.names[k]] = self._fixed_value(k, i)
+            p = paged_addr(&self.offsets[k] if self.is_var[k] else &self.values[k], i)
+            if p != NULL:
+                prefetch(p)
+        for k in range(self.n_fields):
+            if self.is_var[k]:
+                if read_bounds(&self.offsets[k], i, &lo[k], &hi[k]) < 0:
+                    raise self._damaged(k, i)
+                p = paged_addr(&self.values[k], lo[k])
+                if p != NULL:
+                    prefetch(p)
+        for k in range(self.n_fields):
+            if self.is_var[k]:
+                out[self.names[k]] = self._var_from_bounds(k, i, lo[k], hi[k])
             else:
-                out[self.names[k]] = self._var_value(k, i)
+                out[self.names[k]] = self._fixed_value(k, i)
         return out
 
     def value(self, int k, int64_t i):
@@ -380,13 +429,38 @@ cdef class Decoder:
         return self._fixed_batch(k, idx)
 
     cdef list _objects(self, int k, const int64_t[::1] idx):
-        cdef Py_ssize_t j, n = idx.shape[0]
+        cdef Py_ssize_t j = 0, n = idx.shape[0]
         cdef list out = PyList_New(n)
         cdef object item
-        for j in range(n):
-            item = self._var_value(k, idx[j])
-            Py_INCREF(item)
-            PyList_SET_ITEM(out, j, item)
+        cdef const uint8_t* p
+        cdef Paged* vals = &self.values[k]
+        cdef bint text = self.kinds[k] == KIND_STRING
+        cdef int r
+        cdef cnp.ndarray[int64_t, ndim=1] bounds = np.empty(2 * n, np.int64)
+        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(bounds)
+        cdef int64_t* ln = st + n
+        self._lengths(k, idx, st, ln)
+        try:
+            for j in range(n):
+                if j + PREFETCH_AHEAD < n:
+                    p = paged_addr(vals, st[j + PREFETCH_AHEAD])
+                    if p != NULL:
+                        prefetch(p)
+                r = paged_ptr(vals, st[j], st[j] + ln[j], &p)
+                if r == 1:  # the common case: the row lies in one chunk
+                    if text:
+                        item = PyUnicode_DecodeUTF8(<const char*>p, ln[j], "strict")
+                    else:
+                        item = PyBytes_FromStringAndSize(<const char*>p, ln[j])
+                else:
+                    item = self._var_from_bounds(k, idx[j], st[j], st[j] + ln[j])
+                Py_INCREF(item)
+                PyList_SET_ITEM(out, j, item)
+        except UnicodeDecodeError as exc:
+            raise FormatError(
+                f"field {self.names[k]!r}, row {idx[j]}: stored text is not valid UTF-8; "
+                "the file is damaged"
+            ) from exc
         return out
 
     cdef object _fixed_batch(self, int k, const int64_t[::1] idx):
@@ -401,8 +475,13 @@ cdef class Decoder:
             dims[d + 1] = shape[d]
         arr = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
         cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(arr)
+        cdef const uint8_t* p
         with nogil:
             for j in range(n):
+                if j + PREFETCH_AHEAD < n:
+                    p = paged_addr(vals, idx[j + PREFETCH_AHEAD])
+                    if p != NULL:
+                        prefetch(p)
                 if paged_copy(vals, idx[j], idx[j] + 1, out + j * eb) < 0:
                     bad = idx[j]
                     break
@@ -415,8 +494,17 @@ cdef class Decoder:
         """Fill start element and length of each row; return the total."""
         cdef Py_ssize_t j, n = idx.shape[0]
         cdef int64_t o0, o1, total = 0, bad = -1
+        cdef const uint8_t* p
         with nogil:
+            for j in range(min(n, PREFETCH_AHEAD)):
+                p = paged_addr(&self.offsets[k], idx[j])
+                if p != NULL:
+                    prefetch(p)
             for j in range(n):
+                if j + PREFETCH_AHEAD < n:
+                    p = paged_addr(&self.offsets[k], idx[j + PREFETCH_AHEAD])
+                    if p != NULL:
+                        prefetch(p)
                 if read_bounds(&self.offsets[k], idx[j], &o0, &o1) < 0 \
                         or o1 > self.values[k].length:
                     bad = idx[j]
@@ -499,3 +587,93 @@ cdef class Decoder:
                         memcpy(dst + e * eb, pp, eb)
                 dst += width * eb
         return out, lengths
+
+
+# Writer side: how pack_row treats each field.
+PACK_UTF8 = 0     # String: str -> UTF-8 bytes
+PACK_FLOAT = 1    # Float scalars: int or float -> float
+PACK_INT = 2      # Integer scalars: int in [lo, hi]
+PACK_OTHER = 3    # anything else: call the field's converter
+
+
+cdef class RowPacker:
+    """Convert rows for the writer and append each field's value to a sink list.
+
+    ``codes[k]`` says how field ``k`` is converted (PACK_*), ``lo``/``hi``
+    bound PACK_INT values, and ``converters[k](value, index)`` handles
+    everything off the fast paths, raising the descriptive error.
+    """
+
+    cdef tuple names
+    cdef tuple converters
+    cdef list sinks
+    cdef int* codes
+    cdef int64_t* lo
+    cdef int64_t* hi
+    cdef Py_ssize_t n
+
+    def __cinit__(self, tuple names, codes, lo, hi, tuple converters, list sinks):
+        self.n = len(names)
+        self.codes = <int*>malloc(max(self.n, 1) * sizeof(int))
+        self.lo = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
+        self.hi = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
+        if not (self.codes and self.lo and self.hi):
+            raise MemoryError()
+        for k in range(self.n):
+            self.codes[k] = codes[k]
+            self.lo[k] = lo[k]
+            self.hi[k] = hi[k]
+        self.names = names
+        self.converters = converters
+        self.sinks = sinks
+
+    def __dealloc__(self):
+        free(self.codes)
+        free(self.lo)
+        free(self.hi)
+
+    def pack(self, object row, int64_t index):
+        """Convert one row; append to the sinks only if every field converts.
+
+        Returns the payload bytes added, or -1 if ``row`` is not a dict with
+        exactly the schema's keys (the caller then explains what is wrong).
+        """
+        cdef Py_ssize_t k, n = self.n
+        cdef object value, out
+        cdef int64_t nbytes = 0
+        cdef long long as_int
+        cdef int overflow, code
+        if type(row) is not dict or len(<dict>row) != n:
+            return -1
+        cdef list converted = PyList_New(n)
+        for k in range(n):
+            value = (<dict>row).get(self.names[k], _MISSING)
+            if value is _MISSING:
+                return -1
+            code = self.codes[k]
+            if code == PACK_UTF8 and type(value) is str:
+                try:
+                    out = PyUnicode_AsUTF8String(value)
+                except UnicodeEncodeError:
+                    out = self.converters[k](value, index)  # raises the error
+                nbytes += len(<bytes>out)
+            elif code == PACK_FLOAT and (type(value) is float or type(value) is int):
+                out = value
+                nbytes += 8
+            elif code == PACK_INT and type(value) is int:
+                as_int = PyLong_AsLongLongAndOverflow(value, &overflow)
+                if overflow or as_int < self.lo[k] or as_int > self.hi[k]:
+                    self.converters[k](value, index)  # raises the range error
+                out = value
+                nbytes += 8
+            else:
+                out = self.converters[k](value, index)
+                nbytes += len(out) if type(out) is bytes else getattr(out, "nbytes", 8)
+            Py_INCREF(out)
+            PyList_SET_ITEM(converted, k, out)
+        for k in range(n):
+            (<list>self.sinks[k]).append(converted[k])
+        return nbytes
+
+
+cdef object _MISSING = object()

@@ -20,8 +20,9 @@ import numpy as np
 
 from . import codecs, spec
 from ._version import __version__
-from .errors import H5RecordError, RowError, SchemaError
-from .fields import Field, Schema
+from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
+from .errors import H5RecordError, RowError, RowTypeError, SchemaError
+from .fields import Field, Schema, String
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
 FLUSH_BYTES = 16 << 20
@@ -166,6 +167,14 @@ class H5Writer:
         self._names = self.schema.names
         self._name_set = frozenset(self._names)
         self._fields = self.schema.fields
+        self._packer = RowPacker(
+            tuple(self._names),
+            [_pack_code(f) for f in self._fields],
+            [_int_bounds(f)[0] for f in self._fields],
+            [_int_bounds(f)[1] for f in self._fields],
+            tuple(f.convert for f in self._fields),
+            [c.rows for c in self._columns],
+        )
         self._pending_rows = 0
         self._pending_bytes = 0
         self._bar = _progress_bar(progress, total, self.path)
@@ -190,19 +199,17 @@ class H5Writer:
         field and row; the rows before it stay written and the writer can
         go on.
         """
-        self._check_open()
-        index = self.num_rows
-        if not isinstance(row, Mapping):
-            raise RowError(f"row {index}: expected a dict of field values, got {type(row).__name__}")
-        if len(row) != len(self._names) or not self._name_set.issuperset(row):
-            self._raise_key_error(row.keys(), index)
-        # Convert every field before buffering any, so a bad row leaves no trace.
-        converted = [field.convert(row[field.name], index) for field in self._fields]
-        nbytes = 0
-        for column, value in zip(self._columns, converted):
-            column.rows.append(value)
-            t = type(value)
-            nbytes += len(value) if t is bytes else value.nbytes if t is np.ndarray else 8
+        if self._closed:
+            self._check_open()
+        nbytes = self._packer.pack(row, self.num_rows)
+        if nbytes < 0:
+            if isinstance(row, Mapping) and not isinstance(row, dict):
+                return self.write(dict(row))
+            if not isinstance(row, Mapping):
+                raise RowTypeError(
+                    f"row {self.num_rows}: expected a dict of field values, got {type(row).__name__}"
+                )
+            self._raise_key_error(row.keys(), self.num_rows)
         self.num_rows += 1
         self._pending_rows += 1
         self._pending_bytes += nbytes
@@ -260,7 +267,7 @@ class H5Writer:
             else:
                 flat = np.asarray(rows, dtype=field.dtype).reshape((len(rows),) + field.element_shape)
                 lens = None
-            column.rows = []
+            rows.clear()  # the same list stays the row sink
             column.append_many(flat, lens)
         self._pending_rows = 0
 
@@ -338,6 +345,21 @@ class H5Writer:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             self.abort()
+
+
+def _pack_code(field: Field) -> int:
+    if isinstance(field, String):
+        return PACK_UTF8
+    if not field.variable and field.element_shape == ():
+        return PACK_FLOAT if field.dtype.kind == "f" else PACK_INT
+    return PACK_OTHER
+
+
+def _int_bounds(field: Field) -> tuple[int, int]:
+    if field.dtype.kind in "iu" and not field.variable and field.element_shape == ():
+        info = np.iinfo(field.dtype)
+        return max(int(info.min), -(2**63)), min(int(info.max), 2**63 - 1)
+    return 0, 0
 
 
 def _join_rows(rows: list[Any], field: Field) -> np.ndarray:
