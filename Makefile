@@ -1,0 +1,27 @@
+# Set-up and everyday commands. Each target installs what it needs.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: install demo bench test lint
+
+# torch is pinned to the exact CPU build used in development and CI; any
+# looser spec could make pip fetch a multi-GB CUDA build.
+install:
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[torch,images,test,dev]"
+
+# The main job: write sample datasets, read them back through a DataLoader,
+# and print the benchmark table (about a minute).
+demo: install
+	$(PYTHON) -m benchmarks.run --quick
+
+# The full benchmark (several minutes, ~2 GB of temporary files).
+bench: install
+	$(PYTHON) -m benchmarks.run
+
+lint:
+	$(PYTHON) -m ruff check h5record tests benchmarks
+	$(PYTHON) -m ruff format --check h5record tests benchmarks
+
+test: install lint
+	$(PYTHON) -m pytest -q -m "not slow"

@@ -1,0 +1,129 @@
+"""Pure-Python twins of the compiled kernels: the test oracle.
+
+Never used at run time. Each class or function takes exactly the inputs of
+its twin in ``_fast.pyx`` and must return equal results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIABLE
+from .errors import FormatError
+
+
+class _Paged:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.buf = np.frombuffer(spec["buffer"], np.uint8) if len(spec["buffer"]) else np.empty(0, np.uint8)
+        self.table = np.asarray(spec["table"], np.int64)
+        self.chunk_len = max(int(spec["chunk_len"]), 1)
+        self.elem_bytes = int(spec["elem_bytes"])
+        self.length = min(int(spec["length"]), len(self.table) * self.chunk_len)
+
+    def read(self, start: int, stop: int) -> bytes | None:
+        if start < 0 or stop < start or stop > self.length:
+            return None
+        out = bytearray()
+        for e in range(start, stop):
+            addr = self.table[e // self.chunk_len]
+            if addr < 0:
+                return None
+            pos = int(addr) + (e % self.chunk_len) * self.elem_bytes
+            out += self.buf[pos : pos + self.elem_bytes].tobytes()
+        return bytes(out)
+
+
+class Decoder:
+    """Twin of ``_fast.Decoder``."""
+
+    def __init__(self, n_rows: int, fields: list[dict[str, Any]]) -> None:
+        self.n_rows = n_rows
+        self.names = [f["name"] for f in fields]
+        self.fields = fields
+        self.values = [_Paged(f["values"]) for f in fields]
+        self.offsets = [_Paged(f["offsets"]) if "offsets" in f else None for f in fields]
+
+    def _damaged(self, k: int, row: int) -> FormatError:
+        return FormatError(f"field {self.names[k]!r}, row {row}: damaged")
+
+    def _check_row(self, i: int) -> int:
+        if i < 0:
+            i += self.n_rows
+        if not 0 <= i < self.n_rows:
+            raise IndexError(f"row index out of range for a dataset of {self.n_rows} rows")
+        return i
+
+    def _bounds(self, k: int, i: int) -> tuple[int, int]:
+        raw = self.offsets[k].read(i, i + 2)  # type: ignore[union-attr]
+        if raw is None:
+            raise self._damaged(k, i)
+        o0, o1 = (int(x) for x in np.frombuffer(raw, "<i8"))
+        if o0 < 0 or o1 < o0:
+            raise self._damaged(k, i)
+        return o0, o1
+
+    def value(self, k: int, i: int) -> Any:
+        i = self._check_row(i)
+        spec = self.fields[k]
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["element_shape"])
+        kind = spec["kind"]
+        if kind in (KIND_SCALAR, KIND_FIXED):
+            raw = self.values[k].read(i, i + 1)
+            if raw is None:
+                raise self._damaged(k, i)
+            arr = np.frombuffer(raw, dtype).reshape(shape).copy()
+            return arr.item() if kind == KIND_SCALAR else arr
+        o0, o1 = self._bounds(k, i)
+        raw = self.values[k].read(o0, o1)
+        if raw is None:
+            raise self._damaged(k, i)
+        if kind == KIND_STRING:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise self._damaged(k, i) from exc
+        if kind == KIND_BYTES:
+            return raw
+        assert kind == KIND_VARIABLE
+        return np.frombuffer(raw, dtype).reshape((o1 - o0, *shape)).copy()
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {name: self.value(k, i) for k, name in enumerate(self.names)}
+
+    def rows_index(self, index: Any) -> np.ndarray:
+        idx = np.array(index, dtype=np.int64).reshape(-1)
+        return np.array([self._check_row(int(i)) for i in idx], np.int64)
+
+    def column(self, k: int, idx: np.ndarray) -> Any:
+        spec = self.fields[k]
+        kind = spec["kind"]
+        items = [self.value(k, int(i)) for i in idx]
+        if kind in (KIND_STRING, KIND_BYTES):
+            return items
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["element_shape"])
+        if kind == KIND_VARIABLE:
+            offsets = np.zeros(len(items) + 1, np.int64)
+            np.cumsum([len(x) for x in items], out=offsets[1:])
+            flat = np.concatenate(items) if items else np.empty((0, *shape), dtype)
+            return flat.astype(dtype).reshape((-1, *shape)), offsets
+        return np.array(items, dtype).reshape((len(items), *shape))
+
+    def padded(self, k: int, idx: np.ndarray, pad: Any, min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.fields[k]
+        dtype = np.dtype(spec["dtype"]) if spec["kind"] == KIND_VARIABLE else np.dtype(np.uint8)
+        shape = tuple(spec["element_shape"])
+        items = [self.value(k, int(i)) for i in idx]
+        if spec["kind"] in (KIND_STRING, KIND_BYTES):
+            items = [np.frombuffer(x.encode() if isinstance(x, str) else x, np.uint8) for x in items]
+        lengths = np.array([len(x) for x in items], np.int64)
+        width = max([min_len, *lengths.tolist()])
+        pad_elem = np.frombuffer(bytes(pad), dtype).reshape(shape)
+        out = np.empty((len(items), width, *shape), dtype)
+        out[...] = pad_elem
+        for j, x in enumerate(items):
+            out[j, : len(x)] = x
+        return out, lengths
