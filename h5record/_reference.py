@@ -16,7 +16,11 @@ from .errors import FormatError
 
 class _Paged:
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.buf = np.frombuffer(spec["buffer"], np.uint8) if len(spec["buffer"]) else np.empty(0, np.uint8)
+        self.buf = (
+            np.frombuffer(spec["buffer"], np.uint8)
+            if len(spec["buffer"])
+            else np.empty(0, np.uint8)
+        )
         self.table = np.asarray(spec["table"], np.int64)
         self.chunk_len = max(int(spec["chunk_len"]), 1)
         self.elem_bytes = int(spec["elem_bytes"])
@@ -112,13 +116,17 @@ class Decoder:
             return flat.astype(dtype).reshape((-1, *shape)), offsets
         return np.array(items, dtype).reshape((len(items), *shape))
 
-    def padded(self, k: int, idx: np.ndarray, pad: Any, min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def padded(
+        self, k: int, idx: np.ndarray, pad: Any, min_len: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         spec = self.fields[k]
         dtype = np.dtype(spec["dtype"]) if spec["kind"] == KIND_VARIABLE else np.dtype(np.uint8)
         shape = tuple(spec["element_shape"])
         items = [self.value(k, int(i)) for i in idx]
         if spec["kind"] in (KIND_STRING, KIND_BYTES):
-            items = [np.frombuffer(x.encode() if isinstance(x, str) else x, np.uint8) for x in items]
+            items = [
+                np.frombuffer(x.encode() if isinstance(x, str) else x, np.uint8) for x in items
+            ]
         lengths = np.array([len(x) for x in items], np.int64)
         width = max([min_len, *lengths.tolist()])
         pad_elem = np.frombuffer(bytes(pad), dtype).reshape(shape)

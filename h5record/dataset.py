@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import reader
-from ._fast import KIND_VARIABLE, Decoder
+from ._fast import Decoder
 from .errors import FormatError
 from .fields import Schema
 from .writer import H5Writer
@@ -62,7 +62,9 @@ class H5Dataset:
         **legacy_kwargs: Any,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
-            path, in_memory, transform = _legacy_create(path, legacy, legacy_kwargs, in_memory, transform)
+            path, in_memory, transform = _legacy_create(
+                path, legacy, legacy_kwargs, in_memory, transform
+            )
         elif legacy or legacy_kwargs:
             raise TypeError(
                 "H5Dataset(path, in_memory=..., transform=...) takes no other arguments; "
@@ -131,6 +133,10 @@ class H5Dataset:
         return self._layout.num_rows
 
     def __getitem__(self, index: Any) -> Any:
+        if type(index) is int and self._decoder is not None and not self._slow:
+            # The hot path of map-style loading: one compiled call.
+            row = self._decoder.row(index)
+            return row if self.transform is None else self.transform(row)
         if isinstance(index, (int, np.integer)):
             decoder = self._decoder if self._decoder is not None else self._open()
             row = decoder.row(index) if not self._slow else self._mixed_row(int(index))
@@ -146,8 +152,11 @@ class H5Dataset:
     def __getitems__(self, indices: Iterable[int]) -> Any:
         """Fetch many rows at once (PyTorch calls this for each batch)."""
         decoder = self._decoder if self._decoder is not None else self._open()
-        idx = decoder.rows_index(indices if not isinstance(indices, range) else np.arange(
-            indices.start, indices.stop, indices.step))
+        idx = decoder.rows_index(
+            indices
+            if not isinstance(indices, range)
+            else np.arange(indices.start, indices.stop, indices.step)
+        )
         batch = Batch(self, idx)
         if self.transform is None:
             return batch
@@ -217,7 +226,7 @@ class H5Dataset:
 def _pad_ragged(flat: np.ndarray, offsets: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets)
     width = int(lengths.max()) if len(lengths) else 0
-    out = np.empty((len(lengths), width) + flat.shape[1:], flat.dtype)
+    out = np.empty((len(lengths), width, *flat.shape[1:]), flat.dtype)
     out[...] = np.frombuffer(pad, flat.dtype).reshape(flat.shape[1:]) if pad else 0
     for j, n in enumerate(lengths):
         out[j, :n] = flat[offsets[j] : offsets[j + 1]]
@@ -282,7 +291,7 @@ class Batch(SequenceABC):
             other = other.to_list()
         if not isinstance(other, list) or len(other) != len(self):
             return NotImplemented if not isinstance(other, list) else False
-        return all(_rows_equal(a, b) for a, b in zip(self.to_list(), other))
+        return all(_rows_equal(a, b) for a, b in zip(self.to_list(), other, strict=False))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -293,7 +302,9 @@ class Batch(SequenceABC):
 def _rows_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if a.keys() != b.keys():
         return False
-    return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a)
+    return all(
+        np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a
+    )
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -309,14 +320,24 @@ def _legacy_create(
     transform: Any,
 ) -> tuple[str, Any, Any]:
     """The h5record 1.0.4 signature: write the file if absent, then open it."""
-    names = ("path", "data_iter", "data_length", "chunk_size", "compression",
-             "transform", "to_memory", "multiprocess")
+    names = (
+        "path",
+        "data_iter",
+        "data_length",
+        "chunk_size",
+        "compression",
+        "transform",
+        "to_memory",
+        "multiprocess",
+    )
     if len(args) > len(names):
         raise TypeError(f"H5Dataset(schema, ...) takes at most {len(names)} more arguments")
-    params: dict[str, Any] = dict(zip(names, args))
+    params: dict[str, Any] = dict(zip(names, args, strict=False))
     for key, value in kwargs.items():
         if key not in names or key in params:
-            raise TypeError(f"H5Dataset(schema, ...) got an unexpected or repeated argument {key!r}")
+            raise TypeError(
+                f"H5Dataset(schema, ...) got an unexpected or repeated argument {key!r}"
+            )
         params[key] = value
     if "path" not in params:
         raise TypeError("H5Dataset(schema, path, data_iter) needs a path")
@@ -328,8 +349,9 @@ def _legacy_create(
             raise FileNotFoundError(f"{path} does not exist and no data_iter was given to write it")
         # chunk_size and multiprocess of 1.0.4 need no equivalent: chunking is
         # chosen per field, and every read mode is multi-process safe.
-        with H5Writer(path, schema_obj, compression=params.get("compression"),
-                      total=params.get("data_length")) as writer:
+        with H5Writer(
+            path, schema_obj, compression=params.get("compression"), total=params.get("data_length")
+        ) as writer:
             for row in data_iter:
                 writer.write(row)
     if transform is None:

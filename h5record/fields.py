@@ -136,16 +136,18 @@ class Field:
                 raise RowTypeError(f"{where}: expected integers, got {arr.dtype}")
             return np.ascontiguousarray(arr, dtype=self.dtype), None
         parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
-        return np.asarray(parts, dtype=self.dtype).reshape((len(parts),) + shape), None
+        return np.asarray(parts, dtype=self.dtype).reshape((len(parts), *shape)), None
 
 
 def _concat(parts: list[Any], field: Field) -> np.ndarray:
-    if field.dtype == np.uint8 and field.element_shape == () and all(
-        isinstance(p, bytes) for p in parts
+    if (
+        field.dtype == np.uint8
+        and field.element_shape == ()
+        and all(isinstance(p, bytes) for p in parts)
     ):
         return np.frombuffer(b"".join(parts), np.uint8)
     if not parts:
-        return np.empty((0,) + field.element_shape, field.dtype)
+        return np.empty((0, *field.element_shape), field.dtype)
     return np.concatenate(parts).astype(field.dtype, copy=False)
 
 
@@ -260,9 +262,11 @@ class _Scalar(Field):
         ok = (int, np.integer) if self.dtype.kind in "iu" else (int, float, np.integer, np.floating)
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value[()]
-        if not isinstance(value, ok) or isinstance(value, bool) and self.dtype.kind == "f":
+        if not isinstance(value, ok) or (isinstance(value, bool) and self.dtype.kind == "f"):
             expected = "an integer" if self.dtype.kind in "iu" else "a number"
-            raise RowTypeError(f"{_where(self.name, row)}: expected {expected}, got {_describe(value)}")
+            raise RowTypeError(
+                f"{_where(self.name, row)}: expected {expected}, got {_describe(value)}"
+            )
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
             if not info.min <= value <= info.max:
@@ -293,7 +297,9 @@ class Float(_Scalar):
 
     type_name = "Float"
 
-    def __init__(self, name: str = "label", dtype: Any = "float64", compression: Any = None) -> None:
+    def __init__(
+        self, name: str = "label", dtype: Any = "float64", compression: Any = None
+    ) -> None:
         super().__init__(name, compression)
         self.dtype = _numeric_dtype(dtype, name)
         if self.dtype.kind != "f":
@@ -330,9 +336,7 @@ class Array(Field):
 
     def convert(self, value: Any, row: int | None) -> np.ndarray:
         where = _where(self.name, row)
-        arr = _as_numeric_array(
-            value, self.dtype, where, f"an array of shape {self.element_shape}"
-        )
+        arr = _as_numeric_array(value, self.dtype, where, f"an array of shape {self.element_shape}")
         if arr.shape != self.element_shape:
             raise RowError(f"{where}: expected shape {self.element_shape}, got {arr.shape}")
         return arr
@@ -344,7 +348,7 @@ def _image_array(field: Field, value: Any, row: int | None, frames: bool) -> np.
     what = "(t, c, h, w)" if frames else "(c, h, w)"
     arr = _as_numeric_array(value, np.dtype(np.uint8), where, f"a uint8 image array {what}")
     tail = arr.shape[1:] if frames else arr.shape
-    if frames and arr.ndim != 4 or not frames and arr.ndim != 3:
+    if (frames and arr.ndim != 4) or (not frames and arr.ndim != 3):
         raise RowError(f"{where}: expected an array {what} = {(c, h, w)}, got shape {arr.shape}")
     if tail == (c, h, w):
         return arr

@@ -217,7 +217,9 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
     return out
 
 
-def load_arrays(layout: FileLayout, names: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def load_arrays(
+    layout: FileLayout, names: list[str] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Read (and decompress) whole fields into memory: name -> {values, offsets}."""
     out: dict[str, dict[str, np.ndarray]] = {}
     n = layout.num_rows

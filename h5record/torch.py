@@ -43,8 +43,7 @@ class Collate:
         if isinstance(batch, Sequence) and batch and isinstance(batch[0], Mapping):
             return self._from_rows(batch)
         raise TypeError(
-            "collate expects an h5record Batch or a list of row dicts, "
-            f"got {type(batch).__name__}"
+            f"collate expects an h5record Batch or a list of row dicts, got {type(batch).__name__}"
         )
 
     def _pad_bytes(self, dtype: np.dtype, element_shape: tuple[int, ...]) -> bytes:
@@ -69,7 +68,9 @@ class Collate:
     def _put_padded(self, out: dict[str, Any], name: str, padded: Any, lengths: Any) -> None:
         key = name + self.lengths_suffix
         if key in out:
-            raise ValueError(f"collate: lengths key {key!r} clashes with a field; set lengths_suffix")
+            raise ValueError(
+                f"collate: lengths key {key!r} clashes with a field; set lengths_suffix"
+            )
         out[name] = torch.from_numpy(padded)
         out[key] = torch.from_numpy(lengths)
 

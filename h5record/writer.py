@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 
 from . import codecs, spec
-from ._version import __version__
 from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
+from ._version import __version__
 from .errors import H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, String
 
@@ -45,9 +45,9 @@ class _Column:
         filters = codecs.hdf5_filter(codec)
         self.values = group.create_dataset(
             spec.VALUES,
-            shape=(0,) + elem_shape,
-            maxshape=(None,) + elem_shape,
-            chunks=(_chunk_len(field.element_bytes),) + elem_shape,
+            shape=(0, *elem_shape),
+            maxshape=(None, *elem_shape),
+            chunks=(_chunk_len(field.element_bytes), *elem_shape),
             dtype=field.dtype,
             **filters,
         )
@@ -81,7 +81,7 @@ class _Column:
         else:
             flat = _join([p[0] for p in self.parts], self.field)
         if len(flat):
-            self.values.resize((self.end + len(flat),) + self.field.element_shape)
+            self.values.resize((self.end + len(flat), *self.field.element_shape))
             self.values[self.end :] = flat
             self.end += len(flat)
         self.parts.clear()
@@ -207,7 +207,8 @@ class H5Writer:
                 return self.write(dict(row))
             if not isinstance(row, Mapping):
                 raise RowTypeError(
-                    f"row {self.num_rows}: expected a dict of field values, got {type(row).__name__}"
+                    f"row {self.num_rows}: expected a dict of field values, "
+                    f"got {type(row).__name__}"
                 )
             self._raise_key_error(row.keys(), self.num_rows)
         self.num_rows += 1
@@ -236,7 +237,7 @@ class H5Writer:
         converted = [
             field.convert_column(columns[field.name], self.num_rows) for field in self._fields
         ]
-        for column, (flat, lens) in zip(self._columns, converted):
+        for column, (flat, lens) in zip(self._columns, converted, strict=False):
             column.append_many(flat, lens)
         self.num_rows += n
         self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
@@ -265,7 +266,9 @@ class H5Writer:
                 flat = _join_rows(rows, field)
                 lens = np.fromiter(map(len, rows), np.int64, len(rows))
             else:
-                flat = np.asarray(rows, dtype=field.dtype).reshape((len(rows),) + field.element_shape)
+                flat = np.asarray(rows, dtype=field.dtype).reshape(
+                    (len(rows), *field.element_shape)
+                )
                 lens = None
             rows.clear()  # the same list stays the row sink
             column.append_many(flat, lens)
@@ -284,7 +287,9 @@ class H5Writer:
         if self._bar is not None:
             self._bar.n = self.num_rows
             elapsed = max(time.perf_counter() - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{self._bytes_written / elapsed / 1e6:.1f} MB/s", refresh=False)
+            self._bar.set_postfix_str(
+                f"{self._bytes_written / elapsed / 1e6:.1f} MB/s", refresh=False
+            )
             self._bar.refresh()
 
     # -- finishing -------------------------------------------------------
@@ -364,7 +369,7 @@ def _int_bounds(field: Field) -> tuple[int, int]:
 
 def _join_rows(rows: list[Any], field: Field) -> np.ndarray:
     if not rows:
-        return np.empty((0,) + field.element_shape, field.dtype)
+        return np.empty((0, *field.element_shape), field.dtype)
     if isinstance(rows[0], bytes):
         return np.frombuffer(b"".join(rows), np.uint8)
     return np.concatenate(rows).astype(field.dtype, copy=False)
@@ -400,4 +405,6 @@ def _progress_bar(progress: bool | None, total: int | None, path: str) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"writing {os.path.basename(path)}", unit=" rows", unit_scale=True)
+    return tqdm(
+        total=total, desc=f"writing {os.path.basename(path)}", unit=" rows", unit_scale=True
+    )
