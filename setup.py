@@ -18,6 +18,23 @@ directives = {
     "embedsignature": True,
 }
 
+def zstd_library() -> str:
+    """Link libzstd by its dev name if present, else by its runtime soname."""
+    import ctypes.util
+
+    found = ctypes.util.find_library("zstd")
+    if found is None:
+        raise SystemExit(
+            "h5record needs the zstd shared library (libzstd.so.1); install it, e.g. "
+            "`apt-get install libzstd1` or your system's zstd package"
+        )
+    for folder in ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu",
+                   "/usr/lib/aarch64-linux-gnu", "/lib/x86_64-linux-gnu"):
+        if os.path.exists(os.path.join(folder, "libzstd.so")):
+            return "zstd"
+    return ":" + found
+
+
 extensions = [
     Extension(
         "h5record._fast",
@@ -25,6 +42,7 @@ extensions = [
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
+        libraries=[zstd_library()],
     )
 ]
 

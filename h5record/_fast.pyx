@@ -9,7 +9,7 @@ torch code lives here; the Python layer validates tables and allocates.
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdint cimport int8_t, int16_t, int32_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY, NAN, ldexp
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -23,6 +23,37 @@ import numpy as np
 
 cdef extern from *:
     void prefetch "__builtin_prefetch" (const void* addr) noexcept nogil
+
+# The few functions of libzstd's stable API that the reader needs, declared
+# here so that building needs only the shared library, not its headers.
+cdef extern from *:
+    """
+    #include <stddef.h>
+    typedef struct ZSTD_DCtx_s ZSTD_DCtx;
+    typedef struct ZSTD_DDict_s ZSTD_DDict;
+    ZSTD_DCtx* ZSTD_createDCtx(void);
+    size_t ZSTD_freeDCtx(ZSTD_DCtx* dctx);
+    ZSTD_DDict* ZSTD_createDDict(const void* dict, size_t size);
+    size_t ZSTD_freeDDict(ZSTD_DDict* ddict);
+    size_t ZSTD_decompressDCtx(ZSTD_DCtx* dctx, void* dst, size_t cap,
+                               const void* src, size_t size);
+    size_t ZSTD_decompress_usingDDict(ZSTD_DCtx* dctx, void* dst, size_t cap,
+                                      const void* src, size_t size, const ZSTD_DDict* ddict);
+    unsigned long long ZSTD_getFrameContentSize(const void* src, size_t size);
+    unsigned ZSTD_isError(size_t code);
+    """
+    ctypedef struct ZSTD_DCtx
+    ctypedef struct ZSTD_DDict
+    ZSTD_DCtx* ZSTD_createDCtx() nogil
+    size_t ZSTD_freeDCtx(ZSTD_DCtx* dctx) nogil
+    ZSTD_DDict* ZSTD_createDDict(const void* dict, size_t size) nogil
+    size_t ZSTD_freeDDict(ZSTD_DDict* ddict) nogil
+    size_t ZSTD_decompressDCtx(ZSTD_DCtx* dctx, void* dst, size_t cap,
+                               const void* src, size_t size) nogil
+    size_t ZSTD_decompress_usingDDict(ZSTD_DCtx* dctx, void* dst, size_t cap, const void* src,
+                                      size_t size, const ZSTD_DDict* ddict) nogil
+    unsigned long long ZSTD_getFrameContentSize(const void* src, size_t size) nogil
+    unsigned ZSTD_isError(size_t code) nogil
 
 from h5record.errors import FormatError
 
@@ -213,6 +244,21 @@ cdef class Decoder:
     cdef int* typenums
     cdef bint* is_var
     cdef int64_t* bounds
+    cdef int64_t* eb   # bytes of one decoded element of each field
+    # zstd fields (docs/FORMAT.md, section 5): one decompressed block cached per field.
+    cdef bint* blocked
+    cdef Paged* blocks
+    cdef int64_t* rows_per_block
+    cdef int64_t* max_block
+    cdef ZSTD_DDict** ddicts
+    cdef ZSTD_DCtx* dctx
+    cdef int64_t* cached
+    cdef uint8_t** cache
+    cdef int64_t* cache_cap
+    cdef int64_t** starts
+    cdef int64_t* starts_cap
+    cdef uint8_t* frame_scratch
+    cdef int64_t frame_scratch_size
     cdef list keep_alive
     cdef list elem_shapes
     cdef list dtypes
@@ -229,10 +275,26 @@ cdef class Decoder:
         self.typenums = <int*>malloc(n * sizeof(int))
         self.is_var = <bint*>malloc(n * sizeof(bint))
         self.bounds = <int64_t*>malloc(2 * n * sizeof(int64_t))
+        self.eb = <int64_t*>malloc(n * sizeof(int64_t))
+        self.blocked = <bint*>calloc(n, sizeof(bint))
+        self.blocks = <Paged*>calloc(n, sizeof(Paged))
+        self.rows_per_block = <int64_t*>calloc(n, sizeof(int64_t))
+        self.max_block = <int64_t*>calloc(n, sizeof(int64_t))
+        self.ddicts = <ZSTD_DDict**>calloc(n, sizeof(ZSTD_DDict*))
+        self.cached = <int64_t*>malloc(n * sizeof(int64_t))
+        self.cache = <uint8_t**>calloc(n, sizeof(uint8_t*))
+        self.cache_cap = <int64_t*>calloc(n, sizeof(int64_t))
+        self.starts = <int64_t**>calloc(n, sizeof(int64_t*))
+        self.starts_cap = <int64_t*>calloc(n, sizeof(int64_t))
+        self.dctx = NULL
+        self.frame_scratch = NULL
+        self.frame_scratch_size = 0
         self.scratch = NULL
         self.scratch_size = 0
         if not (self.values and self.offsets and self.kinds and self.codes and self.typenums
-                and self.is_var and self.bounds):
+                and self.is_var and self.bounds and self.eb and self.blocked and self.blocks
+                and self.rows_per_block and self.max_block and self.ddicts and self.cached
+                and self.cache and self.cache_cap and self.starts and self.starts_cap):
             raise MemoryError()
         memset(self.offsets, 0, n * sizeof(Paged))
 
@@ -250,9 +312,14 @@ cdef class Decoder:
             self.codes[k] = scalar_code(dtype)
             self.typenums[k] = dtype.num
             self.elem_shapes.append(tuple(spec["element_shape"]))
+            self.eb[k] = dtype.itemsize * int(np.prod(spec["element_shape"], dtype=np.int64))
             self._set_paged(&self.values[k], spec["values"])
             self.is_var[k] = spec["kind"] in (KIND_STRING, KIND_BYTES, KIND_VARIABLE)
-            if self.is_var[k]:
+            self.cached[k] = -1
+            zstd = spec.get("zstd")
+            if zstd is not None:
+                self._set_blocked(k, zstd)
+            elif self.is_var[k]:
                 self._set_paged(&self.offsets[k], spec["offsets"])
 
     cdef _set_paged(self, Paged* p, dict spec):
@@ -267,7 +334,44 @@ cdef class Decoder:
         p.elem_bytes = spec["elem_bytes"]
         p.length = min(<int64_t>spec["length"], p.n_chunks * p.chunk_len)
 
+    cdef _set_blocked(self, int k, dict zstd):
+        cdef const uint8_t[::1] dictionary
+        self.blocked[k] = True
+        self._set_paged(&self.blocks[k], zstd["blocks"])
+        self.rows_per_block[k] = max(<int64_t>zstd["rows_per_block"], 1)
+        self.max_block[k] = zstd["max_block_bytes"]
+        if self.dctx == NULL:
+            self.dctx = ZSTD_createDCtx()
+            if self.dctx == NULL:
+                raise MemoryError()
+        if zstd.get("dictionary") is not None:
+            dictionary = zstd["dictionary"]
+            self.ddicts[k] = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
+            if self.ddicts[k] == NULL:
+                raise FormatError(f"field {self.names[k]!r}: the stored zstd dictionary is invalid")
+
     def __dealloc__(self):
+        cdef int k
+        if self.cache != NULL:
+            for k in range(self.n_fields):
+                free(self.cache[k])
+                free(self.starts[k])
+                if self.ddicts[k] != NULL:
+                    ZSTD_freeDDict(self.ddicts[k])
+        if self.dctx != NULL:
+            ZSTD_freeDCtx(self.dctx)
+        free(self.blocked)
+        free(self.eb)
+        free(self.blocks)
+        free(self.rows_per_block)
+        free(self.max_block)
+        free(self.ddicts)
+        free(self.cached)
+        free(self.cache)
+        free(self.cache_cap)
+        free(self.starts)
+        free(self.starts_cap)
+        free(self.frame_scratch)
         free(self.values)
         free(self.offsets)
         free(self.kinds)
@@ -286,6 +390,157 @@ cdef class Decoder:
                 raise MemoryError()
             self.scratch_size = max(size, 4096)
         return self.scratch
+
+    cdef int _load_block(self, int k, int64_t j) except -1:
+        """Make block ``j`` of zstd field ``k`` the cached, decompressed block."""
+        cdef int64_t c0, c1, size, r, total, p, R = self.rows_per_block[k]
+        cdef const uint8_t* src
+        cdef unsigned long long content
+        cdef size_t res
+        cdef const uint32_t* lens
+        cdef int64_t* st
+        cdef int ok
+        if self.cached[k] == j:
+            return 0
+        self.cached[k] = -1
+        if read_bounds(&self.blocks[k], j, &c0, &c1) < 0:
+            raise self._damaged(k, j * R)
+        ok = paged_ptr(&self.values[k], c0, c1, &src)
+        if ok < 0:
+            raise self._damaged(k, j * R)
+        if ok == 0:
+            if c1 - c0 > self.frame_scratch_size:
+                free(self.frame_scratch)
+                self.frame_scratch = <uint8_t*>malloc(c1 - c0)
+                self.frame_scratch_size = 0 if self.frame_scratch == NULL else c1 - c0
+                if self.frame_scratch == NULL:
+                    raise MemoryError()
+            paged_copy(&self.values[k], c0, c1, self.frame_scratch)
+            src = self.frame_scratch
+        content = ZSTD_getFrameContentSize(src, c1 - c0)
+        if content > <unsigned long long>self.max_block[k]:  # also catches zstd's error codes
+            raise self._damaged(k, j * R)
+        size = <int64_t>content
+        if size > self.cache_cap[k]:
+            free(self.cache[k])
+            self.cache[k] = <uint8_t*>malloc(max(size, 64))
+            self.cache_cap[k] = 0 if self.cache[k] == NULL else max(size, 64)
+            if self.cache[k] == NULL:
+                raise MemoryError()
+        with nogil:
+            if self.ddicts[k] != NULL:
+                res = ZSTD_decompress_usingDDict(self.dctx, self.cache[k], size, src, c1 - c0,
+                                                 self.ddicts[k])
+            else:
+                res = ZSTD_decompressDCtx(self.dctx, self.cache[k], size, src, c1 - c0)
+        if ZSTD_isError(res) or <int64_t>res != size:
+            raise self._damaged(k, j * R)
+        r = min(R, self.n_rows - j * R)
+        if self.is_var[k]:
+            if r + 1 > self.starts_cap[k]:
+                free(self.starts[k])
+                self.starts[k] = <int64_t*>malloc((r + 1) * sizeof(int64_t))
+                self.starts_cap[k] = 0 if self.starts[k] == NULL else r + 1
+                if self.starts[k] == NULL:
+                    raise MemoryError()
+            if 4 * r > size:
+                raise self._damaged(k, j * R)
+            lens = <const uint32_t*>self.cache[k]
+            st = self.starts[k]
+            st[0] = 0
+            for p in range(r):
+                st[p + 1] = st[p] + lens[p]
+            total = 4 * r + st[r] * self.eb[k]
+        else:
+            total = r * self.eb[k]
+        if total != size:
+            raise self._damaged(k, j * R)
+        self.cached[k] = j
+        return 0
+
+    cdef int _span(self, int k, int64_t row, const uint8_t** ptr, int64_t* nelem) except -1:
+        """Point at row ``row`` of zstd field ``k`` in its decompressed block."""
+        cdef int64_t R = self.rows_per_block[k]
+        cdef int64_t j = row // R, p = row - j * R, r
+        self._load_block(k, j)
+        if self.is_var[k]:
+            r = min(R, self.n_rows - j * R)
+            ptr[0] = self.cache[k] + 4 * r + self.starts[k][p] * self.eb[k]
+            nelem[0] = self.starts[k][p + 1] - self.starts[k][p]
+        else:
+            ptr[0] = self.cache[k] + p * self.eb[k]
+            nelem[0] = 1
+        return 0
+
+    cdef object _object_at(self, int k, int64_t row, const uint8_t* ptr, int64_t nelem):
+        """Build the Python value of field ``k`` from a pointer to its row."""
+        cdef cnp.npy_intp dims[8]
+        cdef int d, e, kind = self.kinds[k]
+        cdef object arr
+        cdef int64_t nbytes = nelem * self.eb[k]
+        if kind == KIND_STRING:
+            return self._text(k, row, ptr, nbytes)
+        if kind == KIND_BYTES:
+            return PyBytes_FromStringAndSize(<const char*>ptr, nbytes)
+        if kind == KIND_SCALAR and self.codes[k] != S_NONE:
+            return scalar_object(self.codes[k], ptr)
+        shape = self.elem_shapes[k]
+        d = 0
+        if kind == KIND_VARIABLE:
+            dims[0] = nelem
+            d = 1
+        for e in range(len(shape)):
+            dims[d + e] = shape[e]
+        arr = cnp.PyArray_SimpleNew(d + len(shape), dims, self.typenums[k])
+        memcpy(cnp.PyArray_DATA(arr), ptr, nbytes)
+        return arr
+
+    cdef object _blocked_value(self, int k, int64_t row):
+        cdef const uint8_t* ptr
+        cdef int64_t nelem
+        self._span(k, row, &ptr, &nelem)
+        return self._object_at(k, row, ptr, nelem)
+
+    cdef object _blocked_column(self, int k, const int64_t[::1] idx, bint raw=False):
+        """Column of a zstd field: rows are copied out of their blocks."""
+        cdef Py_ssize_t j, n = idx.shape[0]
+        cdef const uint8_t* ptr
+        cdef int64_t nelem, total = 0
+        cdef int64_t eb = self.eb[k]
+        cdef int kind = self.kinds[k]
+        cdef list out
+        cdef object item
+        cdef cnp.npy_intp dims[8]
+        cdef int d
+        if (kind == KIND_STRING or kind == KIND_BYTES) and not raw:
+            out = PyList_New(n)
+            for j in range(n):
+                item = self._blocked_value(k, idx[j])
+                Py_INCREF(item)
+                PyList_SET_ITEM(out, j, item)
+            return out
+        shape = self.elem_shapes[k]
+        if not self.is_var[k]:
+            dims[0] = n
+            for d in range(len(shape)):
+                dims[d + 1] = shape[d]
+            arr = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
+            for j in range(n):
+                self._span(k, idx[j], &ptr, &nelem)
+                memcpy(<uint8_t*>cnp.PyArray_DATA(arr) + j * eb, ptr, eb)
+            return arr
+        # Variable: gather row by row into a growing buffer (blocks decompress once each
+        # for sorted or clustered indices thanks to the one-block cache).
+        offsets = np.empty(n + 1, np.int64)
+        cdef int64_t[::1] of = offsets
+        parts = bytearray()
+        of[0] = 0
+        for j in range(n):
+            self._span(k, idx[j], &ptr, &nelem)
+            parts += PyBytes_FromStringAndSize(<const char*>ptr, nelem * eb)
+            of[j + 1] = of[j] + nelem
+        flat = np.frombuffer(parts, self.dtypes[k]).reshape((-1,) + shape)
+        return flat, offsets
 
     cdef inline int64_t _check_row(self, int64_t i) except -1:
         if i < 0:
@@ -311,6 +566,8 @@ cdef class Decoder:
 
     cdef object _var_value(self, int k, int64_t row):
         cdef int64_t o0, o1
+        if self.blocked[k]:
+            return self._blocked_value(k, row)
         if read_bounds(&self.offsets[k], row, &o0, &o1) < 0:
             raise self._damaged(k, row)
         return self._var_from_bounds(k, row, o0, o1)
@@ -350,6 +607,8 @@ cdef class Decoder:
         cdef cnp.npy_intp dims[8]
         cdef object arr
         cdef int d
+        if self.blocked[k]:
+            return self._blocked_value(k, row)
         if self.kinds[k] == KIND_SCALAR and self.codes[k] != S_NONE:
             if paged_ptr(vals, row, row + 1, &ptr) != 1:
                 raise self._damaged(k, row)
@@ -374,18 +633,22 @@ cdef class Decoder:
         # value) first, then every field's data, so the misses overlap
         # instead of queueing one after another.
         for k in range(self.n_fields):
+            if self.blocked[k]:
+                continue
             p = paged_addr(&self.offsets[k] if self.is_var[k] else &self.values[k], i)
             if p != NULL:
                 prefetch(p)
         for k in range(self.n_fields):
-            if self.is_var[k]:
+            if self.is_var[k] and not self.blocked[k]:
                 if read_bounds(&self.offsets[k], i, &lo[k], &hi[k]) < 0:
                     raise self._damaged(k, i)
                 p = paged_addr(&self.values[k], lo[k])
                 if p != NULL:
                     prefetch(p)
         for k in range(self.n_fields):
-            if self.is_var[k]:
+            if self.blocked[k]:
+                out[self.names[k]] = self._blocked_value(k, i)
+            elif self.is_var[k]:
                 out[self.names[k]] = self._var_from_bounds(k, i, lo[k], hi[k])
             else:
                 out[self.names[k]] = self._fixed_value(k, i)
@@ -413,15 +676,19 @@ cdef class Decoder:
             idx[j] = v
         return idx
 
-    def column(self, int k, const int64_t[::1] idx):
+    def column(self, int k, const int64_t[::1] idx, bint raw=False):
         """Decode field ``k`` of the checked rows ``idx`` in one call.
 
         Returns a list of str (String), a list of bytes (Bytes), an ndarray
         of shape (n, *element_shape) (fixed fields), or a tuple
         ``(flat, offsets)`` of the concatenated elements and n + 1 int64
-        offsets (variable numeric fields).
+        offsets (variable numeric fields, and String/Bytes when ``raw``).
         """
         cdef int kind = self.kinds[k]
+        if self.blocked[k]:
+            return self._blocked_column(k, idx, raw)
+        if raw and (kind == KIND_STRING or kind == KIND_BYTES):
+            return self._ragged(k, idx)
         if kind == KIND_STRING or kind == KIND_BYTES:
             return self._objects(k, idx)
         if kind == KIND_VARIABLE:
@@ -556,6 +823,11 @@ cdef class Decoder:
             raise TypeError(f"field {self.names[k]!r} has a fixed size; nothing to pad")
         if pad.shape[0] != eb:
             raise ValueError(f"pad must be {eb} bytes, got {pad.shape[0]}")
+        if self.blocked[k]:
+            if self.kinds[k] != KIND_VARIABLE:
+                raise TypeError(f"field {self.names[k]!r}: only numeric sequences are padded")
+            flat, offsets = self._blocked_column(k, idx)
+            return pad_ragged(flat, offsets, pad, min_len)
         cdef cnp.ndarray[int64_t, ndim=1] starts = np.empty(n, np.int64)
         cdef cnp.ndarray[int64_t, ndim=1] lengths = np.empty(n, np.int64)
         cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(starts)
@@ -587,6 +859,81 @@ cdef class Decoder:
                         memcpy(dst + e * eb, pp, eb)
                 dst += width * eb
         return out, lengths
+
+
+def pad_ragged(flat, const int64_t[::1] offsets, const uint8_t[::1] pad, int64_t min_len=0):
+    """Pad rows ``flat[offsets[j]:offsets[j + 1]]`` into one array.
+
+    Returns ``(out, lengths)`` with ``out`` of shape
+    (n, max(longest, min_len), *flat.shape[1:]), tails filled with the
+    element whose raw bytes are ``pad``.
+    """
+    cdef Py_ssize_t j, n = offsets.shape[0] - 1
+    cdef int64_t e, width = min_len, eb
+    src_arr = np.ascontiguousarray(flat)
+    cdef cnp.ndarray src = src_arr
+    tail = tuple(src_arr.shape[1:])
+    eb = src_arr.dtype.itemsize
+    for d in tail:
+        eb *= d
+    if pad.shape[0] != eb:
+        raise ValueError(f"pad must be {eb} bytes, got {pad.shape[0]}")
+    lengths = np.empty(max(n, 0), np.int64)
+    cdef int64_t[::1] ln = lengths
+    for j in range(n):
+        ln[j] = offsets[j + 1] - offsets[j]
+        if ln[j] < 0 or offsets[j + 1] > src_arr.shape[0]:
+            raise ValueError(f"offsets are not valid at row {j}")
+        if ln[j] > width:
+            width = ln[j]
+    out = np.empty((max(n, 0), width) + tail, src_arr.dtype)
+    cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
+    cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(src)
+    cdef const uint8_t* pp = &pad[0] if eb else NULL
+    for j in range(n):
+        memcpy(dst, base + offsets[j] * eb, ln[j] * eb)
+        for e in range(ln[j], width):
+            memcpy(dst + e * eb, pp, eb)
+        dst += width * eb
+    return out, lengths
+
+
+def build_blocks(const uint8_t[::1] flat, const int64_t[::1] offsets, int64_t rows_per_block,
+                 int64_t elem_bytes):
+    """Lay out rows as the raw blocks of a variable zstd field (FORMAT.md, section 5).
+
+    ``flat`` holds the rows' bytes, ``offsets`` their n + 1 element offsets
+    (from 0). Returns ``(out, segments)``: every block's raw bytes (uint32
+    row lengths, then the rows) back to back, and a (blocks, 2) uint64 array
+    of each block's (start, size) in ``out``.
+    """
+    cdef Py_ssize_t n = offsets.shape[0] - 1, b, p, r, nb
+    cdef int64_t R = max(rows_per_block, 1), first, last, pos = 0, nbytes
+    cdef uint32_t length
+    if n < 0:
+        raise ValueError("offsets must have n + 1 entries")
+    nb = (n + R - 1) // R
+    if offsets[n] * elem_bytes > flat.shape[0]:
+        raise ValueError("offsets point past the end of flat")
+    out = np.empty(4 * n + (offsets[n] - offsets[0]) * elem_bytes, np.uint8)
+    segments = np.empty((nb, 2), np.uint64)
+    cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
+    cdef uint64_t* seg = <uint64_t*>cnp.PyArray_DATA(segments)
+    for b in range(nb):
+        first = b * R
+        last = min(first + R, n)
+        seg[2 * b] = pos
+        for p in range(first, last):
+            if offsets[p + 1] - offsets[p] > 0xFFFFFFFF:
+                raise ValueError(f"row {p} has more than 2**32 - 1 elements")
+            length = <uint32_t>(offsets[p + 1] - offsets[p])
+            memcpy(dst + pos, &length, 4)
+            pos += 4
+        nbytes = (offsets[last] - offsets[first]) * elem_bytes
+        memcpy(dst + pos, &flat[0] + offsets[first] * elem_bytes, nbytes)
+        pos += nbytes
+        seg[2 * b + 1] = pos - seg[2 * b]
+    return out, segments
 
 
 # Writer side: how pack_row treats each field.

@@ -56,6 +56,7 @@ class FieldLayout:
     offsets: PagedArray | None
     values_len: int
     filtered: bool
+    zstd: dict[str, Any] | None = None  # blocks, rows_per_block, max_block_bytes, dictionary
 
 
 @dataclass
@@ -109,6 +110,8 @@ def read_layout(path: str) -> FileLayout:
 
 def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -> FieldLayout:
     where = f"{path}: field {fld.name!r}"
+    if fld.codec is not None and fld.codec.get("id") == spec.CODEC_ZSTD:
+        return _zstd_layout(f, fld, n, file_size, where)
     try:
         values = f[spec.field_path(fld.name, spec.VALUES)]
         offsets = f[spec.field_path(fld.name, spec.OFFSETS)] if fld.variable else None
@@ -129,6 +132,38 @@ def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -
     if offsets_paged is None and offsets is not None:
         raise FormatError(f"{where}: offsets must not be filtered")
     return FieldLayout(fld, field_kind(fld), values_paged, offsets_paged, values.shape[0], filtered)
+
+
+def _zstd_layout(f: h5py.File, fld: Field, n: int, file_size: int, where: str) -> FieldLayout:
+    codec = fld.codec or {}
+    try:
+        group = f[spec.FIELDS_GROUP][fld.name]
+        values, blocks = group[spec.VALUES], group[spec.BLOCKS]
+        R = int(codec["rows_per_block"])
+        max_block = int(codec["max_block_bytes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(
+            f"{where}: zstd field is incomplete ({exc}); the file is damaged"
+        ) from exc
+    n_blocks = -(-n // R) if R > 0 else -1
+    if R <= 0 or blocks.shape[0] < n_blocks + 1 or values.dtype != np.uint8:
+        raise FormatError(f"{where}: zstd block table does not match {n} rows; damaged")
+    dictionary = None
+    if codec.get("dictionary"):
+        if spec.DICTIONARY not in group:
+            raise FormatError(f"{where}: zstd dictionary missing; the file is damaged")
+        dictionary = group[spec.DICTIONARY][()]
+    values_paged = _paged(f, values, 1, file_size, where)
+    blocks_paged = _paged(f, blocks, 8, file_size, where)
+    if values_paged is None or blocks_paged is None:
+        raise FormatError(f"{where}: zstd datasets must not carry HDF5 filters")
+    zstd = {
+        "blocks": blocks_paged,
+        "rows_per_block": R,
+        "max_block_bytes": max_block,
+        "dictionary": dictionary,
+    }
+    return FieldLayout(fld, field_kind(fld), values_paged, None, values.shape[0], False, zstd)
 
 
 def _paged(f: h5py.File, dset: h5py.Dataset, elem_bytes: int, file_size: int, where: str):
@@ -213,6 +248,8 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
         }
         if fl.offsets is not None:
             entry["offsets"] = paged_spec(buffer, fl.offsets)
+        if fl.zstd is not None:
+            entry["zstd"] = {**fl.zstd, "blocks": paged_spec(buffer, fl.zstd["blocks"])}
         out.append(entry)
     return out
 
@@ -223,10 +260,13 @@ def load_arrays(
     """Read (and decompress) whole fields into memory: name -> {values, offsets}."""
     out: dict[str, dict[str, np.ndarray]] = {}
     n = layout.num_rows
+    zstd_fields = [fl for fl in layout.fields if fl.zstd is not None]
+    if zstd_fields:
+        out.update(_decompress_fields(layout, zstd_fields))
     with HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             name = fl.field.name
-            if names is not None and name not in names:
+            if names is not None and name not in names or fl.zstd is not None:
                 continue
             arrays: dict[str, np.ndarray] = {}
             if fl.field.variable:
@@ -239,6 +279,25 @@ def load_arrays(
             else:
                 arrays["values"] = f[spec.field_path(name, spec.VALUES)][:n]
             out[name] = arrays
+    return out
+
+
+def _decompress_fields(layout: FileLayout, fields: list[FieldLayout]) -> dict[str, dict]:
+    """Decompress zstd fields whole, block by block, through the kernels."""
+    from ._fast import Decoder
+
+    sub = FileLayout(
+        layout.path, layout.schema, layout.num_rows, layout.version, layout.file_size, fields
+    )
+    decoder = Decoder(layout.num_rows, decoder_fields(sub, map_file(layout.path)))
+    out = {}
+    everything = np.arange(layout.num_rows, dtype=np.int64)
+    for k, fl in enumerate(fields):
+        if fl.field.variable:
+            flat, offsets = decoder.column(k, everything, raw=True)
+            out[fl.field.name] = {"values": flat, "offsets": offsets}
+        else:
+            out[fl.field.name] = {"values": decoder.column(k, everything)}
     return out
 
 

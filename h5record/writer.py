@@ -87,6 +87,144 @@ class _Column:
         self.parts.clear()
         self.pending_bytes = 0
 
+    def finish(self) -> None:
+        self.flush()
+
+    def datasets(self) -> list[h5py.Dataset]:
+        return [d for d in (self.values, self.offsets) if d is not None]
+
+    def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
+        return codec
+
+
+def _resizable(group: h5py.Group, name: str, dtype: str, first: Any = None) -> h5py.Dataset:
+    dset = group.create_dataset(
+        name,
+        shape=(0,),
+        maxshape=(None,),
+        chunks=(_chunk_len(np.dtype(dtype).itemsize),),
+        dtype=dtype,
+    )
+    if first is not None:
+        dset.resize((1,))
+        dset[0] = first
+    return dset
+
+
+def _append(dset: h5py.Dataset, data: np.ndarray) -> None:
+    if len(data):
+        end = dset.shape[0]
+        dset.resize((end + len(data),))
+        dset[end:] = data
+
+
+class _ZstdColumn:
+    """Buffered rows of a zstd field, written as whole blocks of rows."""
+
+    def __init__(self, group: h5py.Group, field: Field, codec: dict[str, Any]) -> None:
+        self.group = group
+        self.field = field
+        self.codec = codec
+        self.encoder = codecs.ZstdBlockEncoder(codec, field.element_bytes, field.variable)
+        self.rows: list[Any] = []
+        self.parts: list[Any] = []
+        self.pending_bytes = 0
+        self.plain: _Column | None = None
+        self.planned = False
+        self.values: h5py.Dataset | None = None
+        self.blocks: h5py.Dataset | None = None
+        self.written = 0  # compressed bytes in values
+
+    def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
+        if self.plain is not None:
+            self.plain.append_many(flat, lengths)
+        else:
+            self.parts.append((flat, lengths))
+        self.pending_bytes += flat.nbytes
+
+    def _plan(self, flat: np.ndarray, offsets: np.ndarray | None) -> None:
+        self.planned = True
+        if not self.encoder.plan(flat, offsets):
+            # Incompressible (JPEG bytes, say): store it raw, as FORMAT.md allows.
+            self.plain = _Column(self.group, self.field, {"id": spec.CODEC_NONE})
+            return
+        self.values = _resizable(self.group, spec.VALUES, "u1")
+        self.blocks = _resizable(self.group, spec.BLOCKS, "<i8", first=0)
+        if self.encoder.dictionary is not None:
+            self.group.create_dataset(
+                spec.DICTIONARY, data=np.frombuffer(self.encoder.dictionary, np.uint8)
+            )
+
+    def flush(self, final: bool = False) -> None:
+        if self.plain is not None:
+            self.plain.flush()
+            self.pending_bytes = 0
+            return
+        if not self.parts:
+            return
+        flat = _join([p[0] for p in self.parts], self.field)
+        lengths = np.concatenate([p[1] for p in self.parts]) if self.field.variable else None
+        self.parts.clear()
+        offsets = None
+        n = len(flat)
+        if lengths is not None:
+            n = len(lengths)
+            offsets = np.zeros(n + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+        if not self.planned:
+            self._plan(flat, offsets)
+            if self.plain is not None:
+                self.plain.append_many(flat, lengths)
+                self.plain.flush()
+                self.pending_bytes = 0
+                return
+        R = self.encoder.rows_per_block
+        whole = n if final else n - n % R
+        if whole:
+            cut = int(offsets[whole]) if offsets is not None else whole
+            frames, sizes = self.encoder.encode(
+                flat[:cut], offsets[: whole + 1] if offsets is not None else None
+            )
+            assert self.values is not None and self.blocks is not None
+            _append(self.values, np.frombuffer(frames, np.uint8))
+            _append(self.blocks, self.written + np.cumsum(sizes))
+            self.written += len(frames)
+        if whole < n:  # carry the rows of an unfinished block into the next flush
+            if offsets is not None:
+                rest = flat[int(offsets[whole]) :]
+                self.parts.append((rest, lengths[whole:]))
+            else:
+                self.parts.append((flat[whole:], None))
+            self.pending_bytes = self.parts[0][0].nbytes
+        else:
+            self.pending_bytes = 0
+
+    def finish(self) -> None:
+        if not self.planned and not self.parts:
+            self.parts.append(
+                (
+                    np.empty((0, *self.field.element_shape), self.field.dtype),
+                    np.zeros(0, np.int64) if self.field.variable else None,
+                )
+            )
+        self.flush(final=True)
+
+    def datasets(self) -> list[h5py.Dataset]:
+        if self.plain is not None:
+            return self.plain.datasets()
+        return [d for d in (self.values, self.blocks) if d is not None]
+
+    def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
+        if self.plain is not None:
+            return {"id": spec.CODEC_NONE, "requested": spec.CODEC_ZSTD}
+        return self.encoder.config(codec)
+
+
+def _make_column(group: h5py.Group, field: Field, codec: dict[str, Any]) -> Any:
+    if codec["id"] == spec.CODEC_ZSTD:
+        return _ZstdColumn(group, field, codec)
+    return _Column(group, field, codec)
+
 
 def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
     if len(parts) == 1:
@@ -154,13 +292,10 @@ class H5Writer:
             fields_group = self._file.create_group(spec.FIELDS_GROUP)
             for field in self.schema:
                 codec = field.codec or default_codec
-                if codec["id"] == spec.CODEC_ZSTD:
-                    raise SchemaError(
-                        f"field {field.name!r}: zstd compression is not available in this "
-                        "version; use None, 'lzf' or 'gzip'"
-                    )
                 self._codecs[field.name] = codec
-                self._columns.append(_Column(fields_group.create_group(field.name), field, codec))
+                self._columns.append(
+                    _make_column(fields_group.create_group(field.name), field, codec)
+                )
         except BaseException:
             self._discard()
             raise
@@ -328,16 +463,18 @@ class H5Writer:
 
     def _commit(self) -> None:
         f = self._file
+        for column in self._columns:
+            column.finish()
         f.flush()
         for column in self._columns:
-            _write_chunk_table(column.values)
-            if column.offsets is not None:
-                _write_chunk_table(column.offsets)
+            for dset in column.datasets():
+                _write_chunk_table(dset)
         f.attrs[spec.ATTR_FORMAT] = spec.FORMAT_NAME
         f.attrs[spec.ATTR_VERSION] = np.int64(spec.FORMAT_VERSION)
         f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
         schema = Schema(
-            _with_codec(field, self._codecs[field.name]) for field in self.schema.fields
+            _with_codec(field, column.stored_codec(self._codecs[field.name]))
+            for field, column in zip(self.schema.fields, self._columns)
         )
         f.attrs[spec.ATTR_SCHEMA] = schema.to_json()
         # num_rows last: it is the commit point (docs/FORMAT.md, section 2).
