@@ -936,6 +936,35 @@ def build_blocks(const uint8_t[::1] flat, const int64_t[::1] offsets, int64_t ro
     return out, segments
 
 
+def join_text(list values, bint text):
+    """Concatenate a column of str (``text``) or bytes values.
+
+    Returns ``(flat, lengths, bad)``: the UTF-8 (or raw) bytes back to
+    back as a uint8 array, each value's byte length, and the index of the
+    first value that is not a str (bytes) or cannot be encoded, -1 if none.
+    """
+    cdef Py_ssize_t j, n = len(values)
+    cdef list parts = PyList_New(n)
+    cdef object v, b
+    lengths = np.empty(n, np.int64)
+    cdef int64_t[::1] ln = lengths
+    for j in range(n):
+        v = values[j]
+        if text and type(v) is str:
+            try:
+                b = PyUnicode_AsUTF8String(v)
+            except UnicodeEncodeError:
+                return None, None, j
+        elif not text and type(v) is bytes:
+            b = v
+        else:
+            return None, None, j
+        ln[j] = len(<bytes>b)
+        Py_INCREF(b)
+        PyList_SET_ITEM(parts, j, b)
+    return np.frombuffer(b"".join(parts), np.uint8), lengths, -1
+
+
 # Writer side: how pack_row treats each field.
 PACK_UTF8 = 0     # String: str -> UTF-8 bytes
 PACK_FLOAT = 1    # Float scalars: int or float -> float

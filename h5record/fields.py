@@ -33,7 +33,12 @@ def _describe(value: Any) -> str:
 
 
 def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
-    if arr.size and arr.dtype.kind in "iu" and dtype.kind in "iu":
+    if (
+        arr.size
+        and arr.dtype.kind in "iu"
+        and dtype.kind in "iu"
+        and not np.can_cast(arr.dtype, dtype)
+    ):
         info = np.iinfo(dtype)
         lo, hi = arr.min(), arr.max()
         if lo < info.min or hi > info.max:
@@ -125,6 +130,13 @@ class Field:
     def convert_column(self, values: Any, first_row: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Check a whole column; return (flat values, lengths or None)."""
         if self.variable:
+            if isinstance(self, (String, Bytes)):
+                from ._fast import join_text
+
+                flat, lengths, bad = join_text(list(values), isinstance(self, String))
+                if bad < 0:
+                    return flat, lengths
+                self.convert(values[bad], first_row + bad)  # raises the precise error
             parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
             return _concat(parts, self), np.fromiter(map(len, parts), np.int64, len(parts))
         arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
@@ -224,6 +236,8 @@ class Sequence(Field):
         return {"dtype": self.dtype.str}
 
     def convert(self, value: Any, row: int | None) -> np.ndarray:
+        if type(value) is np.ndarray and value.dtype == self.dtype and value.ndim == 1:
+            return value  # already exactly what is stored
         where = _where(self.name, row)
         arr = _as_numeric_array(value, self.dtype, where, f"a 1-D sequence of {self.dtype.name}")
         if arr.ndim != 1:

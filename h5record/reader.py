@@ -266,7 +266,7 @@ def load_arrays(
     with HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             name = fl.field.name
-            if names is not None and name not in names or fl.zstd is not None:
+            if (names is not None and name not in names) or fl.zstd is not None:
                 continue
             arrays: dict[str, np.ndarray] = {}
             if fl.field.variable:

@@ -21,7 +21,7 @@ import numpy as np
 from . import codecs, spec
 from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
 from ._version import __version__
-from .errors import H5RecordError, RowError, RowTypeError, SchemaError
+from .errors import H5RecordError, RowError, RowTypeError
 from .fields import Field, Schema, String
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
@@ -220,6 +220,10 @@ class _ZstdColumn:
         return self.encoder.config(codec)
 
 
+def _is_scalar(field: Field) -> bool:
+    return not field.variable and field.element_shape == ()
+
+
 def _make_column(group: h5py.Group, field: Field, codec: dict[str, Any]) -> Any:
     if codec["id"] == spec.CODEC_ZSTD:
         return _ZstdColumn(group, field, codec)
@@ -292,6 +296,10 @@ class H5Writer:
             fields_group = self._file.create_group(spec.FIELDS_GROUP)
             for field in self.schema:
                 codec = field.codec or default_codec
+                if field.codec is None and codec["id"] == spec.CODEC_ZSTD and _is_scalar(field):
+                    # A dataset-wide zstd default skips scalars: 8 bytes a row gain
+                    # little, and would cost a block decompression on every read.
+                    codec = {"id": spec.CODEC_NONE}
                 self._codecs[field.name] = codec
                 self._columns.append(
                     _make_column(fields_group.create_group(field.name), field, codec)
@@ -372,7 +380,7 @@ class H5Writer:
         converted = [
             field.convert_column(columns[field.name], self.num_rows) for field in self._fields
         ]
-        for column, (flat, lens) in zip(self._columns, converted, strict=False):
+        for column, (flat, lens) in zip(self._columns, converted, strict=True):
             column.append_many(flat, lens)
         self.num_rows += n
         self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
@@ -474,7 +482,7 @@ class H5Writer:
         f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
         schema = Schema(
             _with_codec(field, column.stored_codec(self._codecs[field.name]))
-            for field, column in zip(self.schema.fields, self._columns)
+            for field, column in zip(self.schema.fields, self._columns, strict=True)
         )
         f.attrs[spec.ATTR_SCHEMA] = schema.to_json()
         # num_rows last: it is the commit point (docs/FORMAT.md, section 2).
