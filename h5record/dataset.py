@@ -17,11 +17,12 @@ import numpy as np
 
 from . import reader
 from ._fast import Decoder
+from .cache import SharedCache
 from .errors import FormatError
 from .fields import Schema
 from .writer import H5Writer
 
-_IN_MEMORY_MODES = (False, True, "process")
+_IN_MEMORY_MODES = (False, True, "process", "node")
 
 
 class H5Dataset:
@@ -32,11 +33,17 @@ class H5Dataset:
     path:
         The file. Its schema is read from the file itself.
     in_memory:
-        ``False`` (default) reads through a memory map of the file;
-        ``True`` or ``'process'`` loads every field into RAM at open,
-        decompressed.
+        ``False`` (default) reads through a memory map of the file.
+        ``True`` loads every field into RAM once, decompressed, in shared
+        memory that every DataLoader worker maps (fork, spawn and
+        forkserver). ``'node'`` also shares that copy with other processes
+        on the machine that open the same file (e.g. distributed ranks).
+        ``'process'`` loads a private copy in each process.
     transform:
         Callable applied to each row dict before it is returned.
+    cache_limit:
+        Largest in-memory cache allowed, in bytes; a larger one raises
+        :class:`~h5record.cache.SharedMemoryError` before loading.
 
     The h5record 1.0.4 form ``H5Dataset(schema, path, data_iter, ...)`` is
     accepted too: it writes ``path`` from ``data_iter`` when the file does
@@ -59,6 +66,7 @@ class H5Dataset:
         *legacy: Any,
         in_memory: bool | str | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
+        cache_limit: int | None = None,
         **legacy_kwargs: Any,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -79,12 +87,22 @@ class H5Dataset:
         self.transform = transform
         self._layout = reader.read_layout(self.path)
         self._stat = _stat(self.path)
+        self.cache_limit = cache_limit
         self._arrays: dict[str, dict[str, np.ndarray]] | None = None
+        self._cache: SharedCache | None = None
         self._decoder: Decoder | None = None
         self._slow: dict[int, reader.H5Column] = {}
         self._pid = -1
-        if in_memory:
+        self._load_cache()
+
+    def _load_cache(self) -> None:
+        if self.in_memory == "process":
             self._arrays = reader.load_arrays(self._layout)
+        elif self.in_memory:
+            self._cache = SharedCache.load(
+                self._layout, named=self.in_memory == "node", limit=self.cache_limit
+            )
+            self._arrays = self._cache.arrays()
 
     # -- opening ---------------------------------------------------------
     @property
@@ -119,14 +137,22 @@ class H5Dataset:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle as path and options: every process maps the file itself.
+        # A shared cache pickles as a handle to the same memory, never its data.
         state = self.__dict__.copy()
         state.update(_decoder=None, _slow={}, _pid=-1, _arrays=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self.in_memory:
-            self._arrays = reader.load_arrays(self._layout)
+        if self._cache is not None:
+            self._arrays = self._cache.arrays()
+        elif self.in_memory:
+            self._load_cache()
+
+    @property
+    def cache(self) -> SharedCache | None:
+        """The shared-memory cache, when ``in_memory`` is True or 'node'."""
+        return self._cache
 
     # -- reading ---------------------------------------------------------
     def __len__(self) -> int:
@@ -204,11 +230,16 @@ class H5Dataset:
         return self._layout.fields[self.names.index(name)].kind
 
     def close(self) -> None:
-        """Release the memory map and any HDF5 handle (reopened on next access)."""
+        """Release the memory map, the cache and any HDF5 handle."""
         for column in self._slow.values():
             column.close()
         self._slow = {}
         self._decoder = None
+        self._arrays = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+            self.in_memory = False
 
     def __enter__(self) -> H5Dataset:
         return self

@@ -1,0 +1,453 @@
+"""The in-memory cache: every field of a file, decompressed, in shared memory.
+
+``H5Dataset(path, in_memory=True)`` loads the data once into an anonymous
+shared memory file (``memfd``). DataLoader workers map the same pages:
+fork inherits the mapping, spawn and forkserver receive the file
+descriptor while the dataset is pickled. The memory has no name, so nothing
+can leak: the kernel frees it when the last process holding it exits, even
+after SIGKILL. It is not limited by the size of ``/dev/shm``.
+
+``in_memory='node'`` shares one copy among unrelated processes of one
+machine (the ranks of a distributed job): the segment is named after the
+file's identity in ``/dev/shm``. The first process loads it, the others
+attach. Every process using it holds a shared ``flock`` on it, which the
+kernel drops when the process dies however it dies; a small reaper
+process, started by the loader in its own session, unlinks the segment once
+no process holds it any more.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import reader
+from .errors import H5RecordError
+
+ALIGN = 64
+SHM_DIR = "/dev/shm"
+NAME_PREFIX = "h5record-"
+_MAGIC = b"H5RCACHE"
+_HEADER = struct.Struct("<8sQQ")  # magic, state, header JSON length
+_HEADER_BYTES = 64 << 10  # header page: magic, state, JSON slot table
+_READY = 1
+_PROGRESS_BYTES = 256 << 20
+
+
+class SharedMemoryError(H5RecordError, MemoryError):
+    """The shared-memory cache does not fit, or cannot be created."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One array inside the segment."""
+
+    field: str
+    key: str  # "values" or "offsets"
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def _plan(shapes: list[tuple[str, str, str, tuple[int, ...]]]) -> tuple[list[Slot], int]:
+    slots, pos = [], _HEADER_BYTES
+    for field, key, dtype, shape in shapes:
+        slot = Slot(field, key, pos, dtype, tuple(int(s) for s in shape))
+        slots.append(slot)
+        pos += -(-max(slot.nbytes, 1) // ALIGN) * ALIGN
+    return slots, pos
+
+
+def _array_shapes(layout: reader.FileLayout, decoded: dict[str, dict[str, np.ndarray]]):
+    """(field, key, dtype, shape) of every array the cache will hold."""
+    import h5py
+
+    from . import spec
+
+    n = layout.num_rows
+    out = []
+    with reader.HDF5_LOCK, h5py.File(layout.path, "r") as f:
+        for fl in layout.fields:
+            fld = fl.field
+            if fld.name in decoded:
+                for key, arr in decoded[fld.name].items():
+                    out.append((fld.name, key, arr.dtype.str, arr.shape))
+                continue
+            if fld.variable:
+                end = int(f[spec.field_path(fld.name, spec.OFFSETS)][n]) if n else 0
+                if not 0 <= end <= fl.values_len:
+                    raise reader.FormatError(
+                        f"{layout.path}: field {fld.name!r}: offsets are damaged"
+                    )
+                out.append((fld.name, "offsets", "<i8", (n + 1,)))
+                out.append((fld.name, "values", fld.dtype.str, (end, *fld.element_shape)))
+            else:
+                out.append((fld.name, "values", fld.dtype.str, (n, *fld.element_shape)))
+    return out
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def check_room(needed: int, named: bool, path: str) -> None:
+    """Raise SharedMemoryError before loading if the cache cannot fit."""
+    if named:
+        st = os.statvfs(SHM_DIR)
+        free = st.f_bavail * st.f_frsize
+        if needed > free:
+            raise SharedMemoryError(
+                f"{path}: in_memory='node' needs {_gb(needed)} of shared memory but {SHM_DIR} "
+                f"has {_gb(free)} free. Give the container more (docker run --shm-size="
+                f"{-(-needed // 2**30) + 1}g), use in_memory=True (not limited by {SHM_DIR}), "
+                "or in_memory=False to read from the file"
+            )
+    available = _mem_available()
+    if available is not None and needed > 0.9 * available:
+        raise SharedMemoryError(
+            f"{path}: the in-memory cache needs {_gb(needed)} of RAM but only "
+            f"{_gb(available)} is available; use in_memory=False to read from the file"
+        )
+
+
+class SharedCache:
+    """Arrays of a file in one shared memory segment, mapped read-only after loading."""
+
+    def __init__(self, fd: int, size: int, slots: list[Slot], name: str | None = None) -> None:
+        self.fd = fd
+        self.size = size
+        self.slots = slots
+        self.name = name
+        self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self._pid = os.getpid()
+
+    # -- creation --------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        layout: reader.FileLayout,
+        named: bool = False,
+        progress: bool | None = None,
+        limit: int | None = None,
+    ) -> SharedCache:
+        """Load every field of ``layout`` into a new segment (or attach, if named)."""
+        if named:
+            return _load_named(layout, progress, limit)
+        decoded = _decode_zstd(layout)
+        slots, size = _plan(_array_shapes(layout, decoded))
+        _check(size, False, layout.path, limit)
+        fd = os.memfd_create(f"h5record:{os.path.basename(layout.path)}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            _fill(fd, size, slots, layout, decoded, progress)
+            return cls(fd, size, slots)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for slot in self.slots:
+            arr = np.frombuffer(
+                self._mm, slot.dtype, int(np.prod(slot.shape, dtype=np.int64)), slot.offset
+            ).reshape(slot.shape)
+            out.setdefault(slot.field, {})[slot.key] = arr
+        return out
+
+    # -- pickling: workers map the same memory ------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.name is not None:
+            return (_attach_named_by_name, (self.name, self.size, self.slots))
+        from multiprocessing.reduction import DupFd
+
+        return (_from_dupfd, (DupFd(self.fd), self.size, self.slots))
+
+    def close(self) -> None:
+        """Unmap; the memory is freed when no process maps it any more."""
+        if self._mm is None:
+            return
+        try:
+            self._mm.close()
+        except BufferError:
+            return  # arrays still point into it; the mapping goes with them
+        self._mm = None
+        if self.name is not None:
+            _release_named(self.fd, self.name)
+        else:
+            os.close(self.fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_mm", None) is not None and self._pid == os.getpid():
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def _check(size: int, named: bool, path: str, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise SharedMemoryError(
+            f"{path}: the in-memory cache needs {_gb(size)} but its limit is {_gb(limit)}; "
+            "raise the limit or use in_memory=False"
+        )
+    check_room(size, named, path)
+
+
+def _from_dupfd(dupfd: Any, size: int, slots: list[Slot]) -> SharedCache:
+    return SharedCache(dupfd.detach(), size, slots)
+
+
+def _decode_zstd(layout: reader.FileLayout) -> dict[str, dict[str, np.ndarray]]:
+    fields = [fl for fl in layout.fields if fl.zstd is not None]
+    return reader._decompress_fields(layout, fields) if fields else {}
+
+
+def _fill(
+    fd: int,
+    size: int,
+    slots: list[Slot],
+    layout: reader.FileLayout,
+    decoded: dict[str, dict[str, np.ndarray]],
+    progress: bool | None,
+) -> None:
+    """Copy every array into the segment: HDF5 reads straight into shared memory."""
+    import h5py
+
+    from . import spec
+
+    mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    bar = _bar(progress, size, layout.path)
+    try:
+        with reader.HDF5_LOCK, h5py.File(layout.path, "r") as f:
+            for slot in slots:
+                dest = np.frombuffer(
+                    mm, slot.dtype, int(np.prod(slot.shape, dtype=np.int64)), slot.offset
+                ).reshape(slot.shape)
+                if slot.field in decoded:
+                    dest[...] = decoded[slot.field][slot.key]
+                elif slot.shape[0]:
+                    dset = f[spec.field_path(slot.field, slot.key)]
+                    dset.read_direct(dest, np.s_[0 : slot.shape[0]])
+                if bar is not None:
+                    bar.update(slot.nbytes)
+                del dest
+    finally:
+        mm.close()
+        if bar is not None:
+            bar.close()
+
+
+def _bar(progress: bool | None, size: int, path: str) -> Any:
+    if progress is None:
+        progress = size >= _PROGRESS_BYTES and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=size, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}")
+
+
+# -- named segments (in_memory='node') ------------------------------------------
+
+
+def segment_name(path: str) -> str:
+    """A name derived from the file's identity: path, inode, size and mtime."""
+    st = os.stat(path)
+    key = f"{os.path.realpath(path)}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    return NAME_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def _lock_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name + ".lock")
+
+
+def _load_named(layout: reader.FileLayout, progress: bool | None, limit: int | None) -> SharedCache:
+    name = segment_name(layout.path)
+    seg_path = os.path.join(SHM_DIR, name)
+    lock_fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # The init lock serialises loaders and the reaper; holders of the
+        # segment keep a shared flock on the segment itself for their lifetime.
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        fd = os.open(seg_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            attached = _read_ready(fd)
+            if attached is None:
+                # New, or stale: a loader died before marking it ready.
+                os.ftruncate(fd, 0)
+                decoded = _decode_zstd(layout)
+                slots, size = _plan(_array_shapes(layout, decoded))
+                _check(size, True, layout.path, limit)
+                os.ftruncate(fd, size)
+                _start_reaper(name)  # before filling: it also cleans up if we die now
+                _fill(fd, size, slots, layout, decoded, progress)
+                _write_ready(fd, slots)
+            else:
+                slots, size = attached
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return SharedCache(fd, size, slots, name=name)
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def _attach_named_by_name(name: str, size: int, slots: list[Slot]) -> SharedCache:
+    lock_fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise SharedMemoryError(
+                f"shared cache {name} is gone (its owners exited); open the dataset again"
+            ) from exc
+        if _read_ready(fd) is None:
+            os.close(fd)
+            raise SharedMemoryError(f"shared cache {name} is not ready; open the dataset again")
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return SharedCache(fd, size, slots, name=name)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def _read_ready(fd: int) -> tuple[list[Slot], int] | None:
+    """The slot table of a ready segment; None if empty, unfinished or foreign."""
+    size = os.fstat(fd).st_size
+    if size < _HEADER_BYTES:
+        return None
+    head = os.pread(fd, _HEADER_BYTES, 0)
+    magic, state, length = _HEADER.unpack_from(head)
+    if magic != _MAGIC or state != _READY or length > _HEADER_BYTES - _HEADER.size:
+        return None
+    try:
+        table = json.loads(head[_HEADER.size : _HEADER.size + length])
+        slots = [
+            Slot(s["field"], s["key"], s["offset"], s["dtype"], tuple(s["shape"]))
+            for s in table["slots"]
+        ]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if table.get("size") != size:
+        return None
+    return slots, size
+
+
+def _write_ready(fd: int, slots: list[Slot]) -> None:
+    size = os.fstat(fd).st_size
+    table = json.dumps(
+        {
+            "size": size,
+            "slots": [
+                {
+                    "field": s.field,
+                    "key": s.key,
+                    "offset": s.offset,
+                    "dtype": s.dtype,
+                    "shape": list(s.shape),
+                }
+                for s in slots
+            ],
+        }
+    ).encode()
+    if len(table) > _HEADER_BYTES - _HEADER.size:
+        raise SharedMemoryError("too many fields for a named shared cache")
+    os.pwrite(fd, table, _HEADER.size)
+    # The ready mark is written last: a loader that dies before it leaves a
+    # segment the next loader recognises as stale and rebuilds.
+    os.pwrite(fd, _HEADER.pack(_MAGIC, _READY, len(table)), 0)
+
+
+def _release_named(fd: int, name: str) -> None:
+    """Drop this process's hold; unlink if it was the last one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    reap(name, wait=False)
+
+
+def reap(name: str, wait: bool = True, poll: float = 0.5) -> bool:
+    """Unlink segment ``name`` once no process holds it; True if unlinked."""
+    seg_path = os.path.join(SHM_DIR, name)
+    while True:
+        try:
+            lock_fd = os.open(_lock_path(name), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                fd = os.open(seg_path, os.O_RDWR)
+            except FileNotFoundError:
+                _unlink(_lock_path(name))
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # still held by some process
+            else:
+                _unlink(seg_path)
+                _unlink(_lock_path(name))
+                return True
+            finally:
+                os.close(fd)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+        if not wait:
+            return False
+        time.sleep(poll)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _start_reaper(name: str) -> None:
+    """A detached process that unlinks the segment when its last holder is gone."""
+    subprocess.Popen(
+        [sys.executable, "-m", "h5record.cache", "--reap", name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+if __name__ == "__main__":  # the reaper: python -m h5record.cache --reap NAME
+    if len(sys.argv) == 3 and sys.argv[1] == "--reap":
+        reap(sys.argv[2])
