@@ -24,6 +24,9 @@ from ._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIAB
 from .errors import FormatError
 from .fields import Field, Schema, String
 
+# HDF5 chunk cache for filtered (lzf, gzip) fields, per field and process.
+CHUNK_CACHE_BYTES = 32 << 20
+
 # One lock around every HDF5 call made after opening.
 HDF5_LOCK = threading.RLock()
 
@@ -344,13 +347,16 @@ class H5Column:
 
     def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
         if self._file is None or self._pid != os.getpid():
-            # Never reuse an HDF5 handle inherited through fork.
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=4 << 20)
+            # Never reuse an HDF5 handle inherited through fork. The chunk
+            # cache lives with the open dataset objects, so keep them.
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=4099)
             self._pid = os.getpid()
-        name = self.field.name
-        values = self._file[spec.field_path(name, spec.VALUES)]
-        offsets = self._file[spec.field_path(name, spec.OFFSETS)] if self.field.variable else None
-        return values, offsets
+            name = self.field.name
+            self._values = self._file[spec.field_path(name, spec.VALUES)]
+            self._offsets = (
+                self._file[spec.field_path(name, spec.OFFSETS)] if self.field.variable else None
+            )
+        return self._values, self._offsets
 
     def value(self, i: int) -> Any:
         with HDF5_LOCK:
@@ -401,6 +407,5 @@ class H5Column:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = -1
+        state.update(_file=None, _pid=-1, _values=None, _offsets=None)
         return state
