@@ -817,7 +817,7 @@ cdef class Decoder:
         """
         cdef Py_ssize_t j, n = idx.shape[0]
         cdef Paged* vals = &self.values[k]
-        cdef int64_t eb = vals.elem_bytes, width = min_len, e
+        cdef int64_t eb = self.eb[k], width = min_len, e
         cdef int d
         if self.kinds[k] not in (KIND_VARIABLE, KIND_STRING, KIND_BYTES):
             raise TypeError(f"field {self.names[k]!r} has a fixed size; nothing to pad")

@@ -438,13 +438,19 @@ def _unlink(path: str) -> None:
 
 def _start_reaper(name: str) -> None:
     """A detached process that unlinks the segment when its last holder is gone."""
-    subprocess.Popen(
-        [sys.executable, "-m", "h5record.cache", "--reap", name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # The shell puts the reaper in the background and exits at once, so the
+    # reaper is nobody's child: it outlives this process whatever kills it.
+    subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            'exec "$0" -m h5record.cache --reap "$1" </dev/null >/dev/null 2>&1 &',
+            sys.executable,
+            name,
+        ],
         start_new_session=True,
         close_fds=True,
+        check=True,
     )
 
 

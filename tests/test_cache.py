@@ -1,0 +1,207 @@
+"""The shared-memory cache: one copy for every worker, nothing leaked, clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import h5record
+from h5record import H5Dataset, H5Writer, Integer, Sequence, String, cache, codecs
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "data.h5"
+    rng = np.random.default_rng(0)
+    schema = [
+        Integer("id"),
+        String("text"),
+        Sequence("tokens", dtype="int32", compression=codecs.zstd()),
+    ]
+    with H5Writer(path, schema, progress=False) as w:
+        for i in range(N):
+            w.write(
+                {
+                    "id": i,
+                    "text": f"row {i} " + "é" * (i % 5),
+                    "tokens": rng.integers(0, 100, i % 37).astype(np.int32),
+                }
+            )
+    return str(path)
+
+
+def _segments() -> set[str]:
+    return {n for n in os.listdir(cache.SHM_DIR) if n.startswith(cache.NAME_PREFIX)}
+
+
+def _wait_gone(names: set[str], timeout: float = 10.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = names & _segments()
+        if not left:
+            return set()
+        time.sleep(0.1)
+    return names & _segments()
+
+
+def _memfd_identity(dataset: H5Dataset) -> tuple[int, int]:
+    st = os.fstat(dataset.cache.fd)
+    return st.st_dev, st.st_ino
+
+
+class _Probe(torch.utils.data.Dataset):
+    """Reports, from inside a worker, which memory its dataset maps."""
+
+    def __init__(self, dataset: H5Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        row = self.dataset[i]
+        return row["id"], row["text"], _memfd_identity(self.dataset), os.getpid()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_workers_read_the_same_memory(data_file, context):
+    ds = H5Dataset(data_file, in_memory=True)
+    try:
+        probe = _Probe(ds)
+        loader = DataLoader(probe, batch_size=None, num_workers=2, multiprocessing_context=context)
+        seen = list(loader)
+        assert [(i, t) for i, t, _, _ in seen] == [(i, ds[i]["text"]) for i in range(N)]
+        identities = {tuple(ident) for _, _, ident, _ in seen}
+        assert identities == {_memfd_identity(ds)}  # attached, not copied
+        assert len({pid for *_, pid in seen} - {os.getpid()}) == 2
+    finally:
+        ds.close()
+
+
+def test_cache_equals_file(data_file):
+    disk = H5Dataset(data_file)
+    for mode in (True, "process", "node"):
+        mem = H5Dataset(data_file, in_memory=mode)
+        idx = np.random.default_rng(1).integers(0, N, 100)
+        assert mem[idx] == disk[idx]
+        batch = h5record.collate(mem[idx])
+        want = h5record.collate(disk[idx])
+        assert torch.equal(batch["tokens"], want["tokens"])
+        mem.close()
+
+
+def test_cache_is_read_only(data_file):
+    ds = H5Dataset(data_file, in_memory=True)
+    arrays = ds.cache.arrays()
+    with pytest.raises(ValueError):
+        arrays["id"]["values"][0] = 5
+    ds.close()
+
+
+def test_cache_limit_fails_before_loading(data_file):
+    with pytest.raises(cache.SharedMemoryError, match=r"needs .* GB .*in_memory=False"):
+        H5Dataset(data_file, in_memory=True, cache_limit=1000)
+    assert issubclass(cache.SharedMemoryError, MemoryError)
+
+
+def test_small_dev_shm_is_a_clear_error(data_file, monkeypatch):
+    class Tiny:
+        f_bavail = 10
+        f_frsize = 4096
+
+    monkeypatch.setattr(cache.os, "statvfs", lambda path: Tiny())
+    before = _segments()
+    with pytest.raises(cache.SharedMemoryError, match=r"--shm-size=.*in_memory=True"):
+        H5Dataset(data_file, in_memory="node")
+    assert _wait_gone(_segments() - before) == set()
+
+
+_CHILD = """
+import os, signal, sys, time
+from h5record import H5Dataset
+ds = H5Dataset({path!r}, in_memory="node")
+print(ds.cache.name, flush=True)
+assert ds[3]["id"] == 3
+how = {how!r}
+if how == "raise":
+    raise RuntimeError("training loop failed")
+if how in ("sigterm", "sigkill", "wait"):
+    time.sleep(60)
+"""
+
+
+def _child(path: str, how: str) -> subprocess.Popen:
+    code = textwrap.dedent(_CHILD.format(path=path, how=how))
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.parametrize("how", ["exit", "raise", "sigterm", "sigkill"])
+def test_named_segment_never_leaks(data_file, how):
+    proc = _child(data_file, how)
+    name = proc.stdout.readline().strip()
+    assert name.startswith(cache.NAME_PREFIX), proc.stderr.read()
+    assert name in _segments()
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "sigkill":
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert _wait_gone({name}) == set()
+    assert not os.path.exists(os.path.join(cache.SHM_DIR, name + ".lock"))
+
+
+def test_second_process_attaches(data_file):
+    holder = _child(data_file, "wait")
+    try:
+        name = holder.stdout.readline().strip()
+        assert name in _segments()
+        ds = H5Dataset(data_file, in_memory="node")
+        assert ds.cache.name == name
+        # The holder is the loader: it marked the segment ready; we only attached.
+        st_before = os.stat(os.path.join(cache.SHM_DIR, name))
+        assert ds[5]["text"] == "row 5 "
+        ds.close()
+        assert name in _segments()  # the holder still uses it
+        assert os.stat(os.path.join(cache.SHM_DIR, name)).st_ino == st_before.st_ino
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert _wait_gone({name}) == set()
+
+
+def test_stale_segment_is_replaced(data_file):
+    name = cache.segment_name(data_file)
+    seg = os.path.join(cache.SHM_DIR, name)
+    with open(seg, "wb") as fh:  # a loader that died half-way: no ready mark
+        fh.write(b"\0" * 100_000)
+    try:
+        ds = H5Dataset(data_file, in_memory="node")
+        assert ds.cache.name == name
+        assert [ds[i]["id"] for i in range(N)] == list(range(N))
+        ds.close()
+    finally:
+        assert _wait_gone({name}) == set()
+
+
+def test_changed_file_gets_a_new_segment_name(tmp_path):
+    path = tmp_path / "x.h5"
+    with H5Writer(path, [Integer("a")], progress=False) as w:
+        w.write({"a": 1})
+    first = cache.segment_name(str(path))
+    time.sleep(0.01)
+    with H5Writer(path, [Integer("a")], overwrite=True, progress=False) as w:
+        w.write({"a": 2})
+    assert cache.segment_name(str(path)) != first
