@@ -72,7 +72,7 @@ cdef enum ScalarCode:
 
 # Rows ahead to prefetch in batch loops: enough to overlap memory latency.
 cdef enum:
-    PREFETCH_AHEAD = 16
+    PREFETCH_AHEAD = 8
 
 cdef struct Paged:
     const uint8_t* base
