@@ -32,7 +32,7 @@ from .writer import H5Writer
 
 
 def __getattr__(name: str):  # torch is imported only when collate is used
-    if name in ("collate", "Collate"):
+    if name in ("collate", "Collate", "DataLoader"):
         from . import torch as _torch
 
         return getattr(_torch, name)
@@ -44,6 +44,7 @@ __all__ = [
     "Batch",
     "Bytes",
     "Collate",
+    "DataLoader",
     "Field",
     "Float",
     "Float16",

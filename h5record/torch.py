@@ -33,9 +33,12 @@ class Collate:
         Key suffix of the lengths tensor of each padded field.
     """
 
-    def __init__(self, pad_value: float = 0, lengths_suffix: str = "_lengths") -> None:
+    def __init__(
+        self, pad_value: float = 0, lengths_suffix: str = "_lengths", tensors: bool = True
+    ) -> None:
         self.pad_value = pad_value
         self.lengths_suffix = lengths_suffix
+        self.tensors = tensors
 
     def __call__(self, batch: Any) -> dict[str, Any]:
         if isinstance(batch, Batch):
@@ -62,8 +65,13 @@ class Collate:
                 padded, lengths = ds.padded(name, batch.indices, pad)
                 self._put_padded(out, name, padded, lengths)
             else:
-                out[name] = torch.from_numpy(batch.column(name))
+                out[name] = self._tensor(batch.column(name))
         return out
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        if self.tensors is True or (self.tensors == "auto" and array.nbytes >= _SHARE_BYTES):
+            return torch.from_numpy(array)
+        return array
 
     def _put_padded(self, out: dict[str, Any], name: str, padded: Any, lengths: Any) -> None:
         key = name + self.lengths_suffix
@@ -71,8 +79,8 @@ class Collate:
             raise ValueError(
                 f"collate: lengths key {key!r} clashes with a field; set lengths_suffix"
             )
-        out[name] = torch.from_numpy(padded)
-        out[key] = torch.from_numpy(lengths)
+        out[name] = self._tensor(padded)
+        out[key] = self._tensor(lengths)
 
     def _from_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """General path for rows changed by a transform."""
@@ -103,3 +111,44 @@ class Collate:
 
 
 collate = Collate()
+
+# Worker batches cross to the main process by pickling. A tensor travels
+# through a new shared-memory segment and a file descriptor (costly for
+# small tensors); an array is copied through the pipe (costly for big ones).
+_SHARE_BYTES = 1 << 20
+
+
+def _to_tensors(batch: Any) -> Any:
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(batch)
+    if isinstance(batch, dict):
+        return {k: _to_tensors(v) for k, v in batch.items()}
+    return batch
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """A ``torch.utils.data.DataLoader`` set up for h5record datasets.
+
+    It collates with :class:`Collate` and, with worker processes, sends
+    small arrays from workers as numpy arrays (a plain copy through the
+    pipe) instead of tensors (a shared-memory segment each), then makes
+    them tensors in the main process without copying. Batches are the
+    same dicts of tensors and lists as ``collate`` gives.
+
+    Takes every ``torch.utils.data.DataLoader`` argument; ``collate_fn``
+    defaults to ``Collate(tensors="auto")``.
+    """
+
+    def __init__(self, dataset: Any, *args: Any, collate_fn: Any = None, **kwargs: Any) -> None:
+        self._convert = collate_fn is None
+        if collate_fn is None:
+            collate_fn = Collate(tensors="auto")
+        super().__init__(dataset, *args, collate_fn=collate_fn, **kwargs)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        batches = super().__iter__()
+        if not self._convert:
+            yield from batches
+            return
+        for batch in batches:
+            yield _to_tensors(batch)
