@@ -251,6 +251,7 @@ def dataloader_rate(
     repeats: int = 3,
     time_budget: float = 2.0,
     seed: int = 0,
+    loader_cls: Any = None,
 ) -> LoaderRate:
     """Rows per second through a ``torch.utils.data.DataLoader``.
 
@@ -280,6 +281,8 @@ def dataloader_rate(
         Seconds after the first batch before a run stops.
     seed : int
         Seed of the shuffling order.
+    loader_cls : class, optional
+        DataLoader class to use (default ``torch.utils.data.DataLoader``).
 
     Returns
     -------
@@ -290,7 +293,7 @@ def dataloader_rate(
 
     runs = []
     for repeat in range(repeats):
-        loader = DataLoader(
+        loader = (loader_cls or DataLoader)(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

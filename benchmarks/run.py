@@ -1,0 +1,433 @@
+"""The h5record benchmark: write, size, open and read speed against two baselines.
+
+Runs three workloads (text pairs, encoded images, token sequences) through
+h5record and two baselines built in this folder, in one run, on this
+machine, with warm page caches, and prints Markdown tables:
+
+1. core: write speed, file size, open time, random ``ds[i]``, random
+   batches of 256, and DataLoader throughput (0 and 2 workers, fork and
+   spawn), with ratios against the baselines;
+2. compression: file size and read speed per codec, next to the 1.0.4
+   layout with lzf and gzip;
+3. memory: the in-memory cache shared by DataLoader workers (PSS), and its
+   read speed against the memory map.
+
+``python -m benchmarks.run --quick`` is the small version that ``make demo``
+runs; ``python -m benchmarks.run`` the full one. Every figure is a median of
+repeats within this run; compare ratios, not absolute numbers, across
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import h5record
+from h5record import Bytes, Float, H5Dataset, H5Writer, Integer, Sequence, String, codecs
+
+from . import harness, workloads
+from .baselines import FlatMemmapDataset, LegacyH5Dataset
+from .harness import Table
+
+BATCH = 256
+SEED = 0
+
+H5R = "h5record"
+MEMMAP = "(b) numpy memmap"
+LEGACY = "(a) 1.0.4 layout"
+
+SCHEMAS: dict[str, list] = {
+    "text": [String("sentence1"), String("sentence2"), Float("label")],
+    "images": [Bytes("image"), Integer("label")],
+    "tokens": [Sequence("tokens", dtype="int32")],
+}
+
+# Goals from the project's issues, checked at the end of the run.
+GOALS: list[tuple[str, str, Callable[[dict], bool]]] = []
+
+
+def _rand_indices(n: int, count: int, seed: int = SEED) -> list[int]:
+    return np.random.default_rng(seed).integers(0, n, count).tolist()
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+_ROWS: dict[int, list[dict]] = {}
+
+
+def _rows(workload: workloads.Workload) -> list[dict]:
+    """The workload as row dicts, built once and outside any timing."""
+    key = id(workload)
+    if key not in _ROWS:
+        _ROWS.clear()
+        _ROWS[key] = list(workloads.rows(workload))
+    return _ROWS[key]
+
+
+def write_h5record(path: str, workload: workloads.Workload, compression: Any = None) -> None:
+    """Row by row, as a user streams rows: ``writer.write(row)``."""
+    rows = _rows(workload)
+    with H5Writer(
+        path, SCHEMAS[workload.name], compression=compression, overwrite=True, progress=False
+    ) as writer:
+        write = writer.write
+        for row in rows:
+            write(row)
+
+
+def write_h5record_batches(path: str, workload: workloads.Workload, size: int = 10_000) -> None:
+    """Column-wise: ``writer.write_batch(columns)`` of 10,000 rows at a time."""
+    columns = workload.columns
+    with H5Writer(path, SCHEMAS[workload.name], overwrite=True, progress=False) as writer:
+        for start in range(0, workload.n_rows, size):
+            writer.write_batch({k: v[start : start + size] for k, v in columns.items()})
+
+
+def write_rate(
+    write: Callable[[str], None], path: str, workload: workloads.Workload, repeats: int
+) -> float:
+    """Median rows/s of writing the whole workload (the last file is kept)."""
+
+    def once() -> None:
+        _remove(path)
+        write(path)
+
+    return workload.n_rows / _median_time(once, repeats)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    return os.path.getsize(path)
+
+
+def row_rate(ds: Any, n: int, count: int) -> float:
+    """Random single-row reads per second (``ds[i]`` in a Python loop)."""
+    idx = _rand_indices(n, count)
+
+    def loop() -> None:
+        for i in idx:
+            ds[i]
+
+    return harness.median_rate(loop, len(idx), repeats=5, min_time=0.3)
+
+
+def batch_rate(fetch: Callable[[list[int]], Any], n: int, batches: int = 200) -> float:
+    """Random batches of 256 rows per second, decoded completely."""
+    rng = np.random.default_rng(SEED)
+    idx = [rng.integers(0, n, BATCH).tolist() for _ in range(batches)]
+
+    def loop() -> None:
+        for b in idx:
+            fetch(b)
+
+    return harness.median_rate(loop, BATCH * batches, repeats=5, min_time=0.3)
+
+
+def h5_batch(ds: H5Dataset) -> Callable[[list[int]], Any]:
+    return lambda b: ds.__getitems__(b).columns
+
+
+def open_ms(path: str) -> float:
+    """Median milliseconds to open a file and read its first row."""
+
+    def once() -> None:
+        H5Dataset(path)[0]
+
+    once()
+    return 1e3 * _median_time(once, 21)
+
+
+def loader_rates(ds: Any, collate: Any, loader_cls: Any, quick: bool) -> dict[str, float]:
+    out = {}
+    for label, workers, ctx in (
+        ("dl_nw0", 0, None),
+        ("dl_nw2_fork", 2, "fork"),
+        ("dl_nw2_spawn", 2, "spawn"),
+    ):
+        rate = harness.dataloader_rate(
+            ds,
+            BATCH,
+            workers,
+            ctx,
+            collate,
+            repeats=3,
+            time_budget=1.0 if quick else 2.0,
+            loader_cls=loader_cls,
+        )
+        out[label] = rate.steady_rows_per_s
+        out[label + "_first_s"] = rate.first_batch_s
+    return out
+
+
+def core(
+    workload: workloads.Workload, folder: str, quick: bool, table: Table, results: dict
+) -> None:
+    name = workload.name
+    n = workload.n_rows
+    repeats = 1 if quick else 3
+    paths = {
+        H5R: os.path.join(folder, f"{name}.h5"),
+        MEMMAP: os.path.join(folder, f"{name}_memmap"),
+        LEGACY: os.path.join(folder, f"{name}_legacy.h5"),
+    }
+    writers = {
+        H5R: lambda p: write_h5record(p, workload),
+        MEMMAP: lambda p: FlatMemmapDataset.write(p, workload),
+        LEGACY: lambda p: LegacyH5Dataset.write(p, workload),
+    }
+    for system in (H5R, MEMMAP, LEGACY):
+        print(f"  {name}: {system} ...", file=sys.stderr, flush=True)
+        metrics: dict[str, Any] = {}
+        # The 1.0.4 layout is slow; one write is enough to show it.
+        metrics["write_rows_s"] = write_rate(
+            writers[system], paths[system], workload, 1 if system == LEGACY else repeats
+        )
+        metrics["write_MB_s"] = metrics["write_rows_s"] * workload.raw_bytes / n / 1e6
+        if system == H5R:
+            metrics["write_batch_rows_s"] = write_rate(
+                lambda p: write_h5record_batches(p, workload), paths[system], workload, repeats
+            )
+        metrics["size_x_raw"] = _size(paths[system]) / workload.raw_bytes
+        if system == H5R:
+            ds: Any = H5Dataset(paths[system])
+            metrics["open_ms"] = open_ms(paths[system])
+            fetch = h5_batch(ds)
+            collate, loader_cls = None, h5record.DataLoader
+        else:
+            ds = (FlatMemmapDataset if system == MEMMAP else LegacyH5Dataset)(paths[system])
+            fetch = ds.get_batch
+            # torch's default collate cannot stack ragged token rows: keep them a list.
+            collate = harness.list_collate if name == "tokens" else None
+            loader_cls = None
+        count = 2_000 if system == LEGACY else 100_000
+        metrics["row_rows_s"] = row_rate(ds, n, min(count, 20 * n))
+        metrics["batch_rows_s"] = batch_rate(fetch, n, 10 if system == LEGACY else 200)
+        metrics.update(loader_rates(ds, collate, loader_cls, quick))
+        table.add(name, system, **metrics)
+        results[(name, system)] = metrics
+    for base in (MEMMAP, LEGACY):
+        ours, theirs = results[(name, H5R)], results[(name, base)]
+        table.add(
+            name,
+            f"h5record / {base[:3]}",
+            **{
+                k: f"{ours[k] / theirs[k]:.1f}x"
+                for k in ours
+                if k in theirs and not k.endswith("_first_s") and theirs[k]
+            },
+        )
+
+
+def compression(
+    workload: workloads.Workload, folder: str, quick: bool, table: Table, results: dict
+) -> None:
+    name = workload.name
+    n = workload.n_rows
+    variants: list[tuple[str, Any, Any]] = [
+        ("h5record none", None, None),
+        ("h5record zstd (random access)", "zstd", None),
+        ("h5record zstd (size first, 16 KiB)", codecs.zstd(level=3, block_bytes=16 << 10), None),
+        ("h5record lzf", "lzf", None),
+        ("h5record gzip", "gzip", None),
+        ("(a) 1.0.4 layout lzf", None, "lzf"),
+        ("(a) 1.0.4 layout gzip", None, "gzip"),
+    ]
+    for label, codec, legacy in variants:
+        print(f"  {name}: {label} ...", file=sys.stderr, flush=True)
+        path = os.path.join(folder, f"{name}_c.h5")
+        if legacy is None:
+            write = lambda p, c=codec: write_h5record(p, workload, c)  # noqa: E731
+        else:
+            write = lambda p, c=legacy: LegacyH5Dataset.write(p, workload, compression=c)  # noqa: E731
+        metrics: dict[str, Any] = {"write_rows_s": write_rate(write, path, workload, 1)}
+        metrics["size_MB"] = _size(path) / 1e6
+        metrics["size_x_raw"] = _size(path) / workload.raw_bytes
+        slow = legacy is not None or codec in ("lzf", "gzip")
+        if legacy is None:
+            ds: Any = H5Dataset(path)
+            fetch = h5_batch(ds)
+        else:
+            ds = LegacyH5Dataset(path)
+            fetch = ds.get_batch
+        metrics["row_rows_s"] = row_rate(ds, n, 1_000 if slow else 50_000)
+        metrics["batch_rows_s"] = batch_rate(fetch, n, 4 if slow else 100)
+        metrics["scan_rows_s"] = scan_rate(ds, n, legacy is not None, quick)
+        table.add(name, label, **metrics)
+        results[(name, label)] = metrics
+        del ds
+        _remove(path)
+
+
+def scan_rate(ds: Any, n: int, legacy: bool, quick: bool) -> float:
+    """Sequential batches of 256 rows, from the start, for up to ~1 s."""
+    budget = 0.5 if quick else 1.0
+    start = time.perf_counter()
+    rows = 0
+    for first in range(0, n, BATCH):
+        idx = list(range(first, min(n, first + BATCH)))
+        if legacy:
+            ds.get_batch(idx)
+        else:
+            ds.__getitems__(idx).columns  # noqa: B018 - decoding is the work measured
+        rows += len(idx)
+        if time.perf_counter() - start > budget:
+            break
+    return rows / (time.perf_counter() - start)
+
+
+def memory(
+    workload: workloads.Workload, folder: str, quick: bool, table: Table, results: dict
+) -> None:
+    """PSS of a DataLoader with 4 workers, per in-memory mode, and cache read speed."""
+    name = workload.name
+    path = os.path.join(folder, f"{name}.h5")
+    if not os.path.exists(path):
+        write_h5record(path, workload)
+    empty = os.path.join(folder, f"{name}_empty.h5")
+    with H5Writer(empty, SCHEMAS[name], overwrite=True, progress=False):
+        pass
+    layout_bytes = sum(
+        a.nbytes
+        for f in h5record.reader.load_arrays(h5record.reader.read_layout(path)).values()
+        for a in f.values()
+    )
+    for ctx in ("fork", "spawn"):
+        base = _loader_pss(empty, False, ctx)
+        for mode in (True, "process", False):
+            print(f"  {name}: memory {mode!r} {ctx} ...", file=sys.stderr, flush=True)
+            pss = _loader_pss(path, mode, ctx)
+            growth = pss - base
+            table.add(
+                name,
+                f"in_memory={mode!r} ({ctx}, 4 workers)",
+                pss_growth_MB=growth / 1e6,
+                cached_MB=layout_bytes / 1e6,
+                growth_x_cached=growth / layout_bytes,
+            )
+            results[(name, f"pss {mode!r} {ctx}")] = growth / layout_bytes
+    for mode in (False, True):
+        ds = H5Dataset(path, in_memory=mode)
+        label = "memory map" if mode is False else "in_memory=True"
+        metrics = {
+            "row_rows_s": row_rate(ds, workload.n_rows, 100_000),
+            "batch_rows_s": batch_rate(h5_batch(ds), workload.n_rows),
+        }
+        metrics.update(loader_rates(ds, None, h5record.DataLoader, quick))
+        table.add(name, f"read from {label}", **metrics)
+        results[(name, f"read {label}")] = metrics
+        ds.close()
+
+
+def _loader_pss(path: str, mode: Any, ctx: str) -> int:
+    """Sum of PSS of this process and 4 DataLoader workers that read every row once."""
+    ds = H5Dataset(path, in_memory=mode)
+    loader = h5record.DataLoader(
+        ds,
+        batch_size=BATCH,
+        num_workers=4,
+        multiprocessing_context=ctx,
+        shuffle=True,
+        persistent_workers=True,
+    )
+    iterator = iter(loader)
+    for _ in iterator:  # every worker reads its share of the data
+        pass
+    iterator = iter(loader)  # persistent workers stay up: measure them
+    next(iterator)
+    pids = [os.getpid(), *harness.child_pids(os.getpid())]
+    pss = harness.measure_pss(pids)
+    del iterator, loader
+    ds.close()
+    return pss
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
+    parser.add_argument("--sections", default="core,compression,memory")
+    parser.add_argument("--dir", default=None, help="folder for temporary files")
+    parser.add_argument(
+        "--compression-scale",
+        type=float,
+        default=None,
+        help="rows of the compression workloads, as a multiple of the default",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    sizes = {"text": 100_000, "images": 2_000, "tokens": 10_000} if quick else {}
+    scale = args.compression_scale or (1.0 if quick else 5.0)
+    sections = set(args.sections.split(","))
+    folder = tempfile.mkdtemp(prefix="h5record-bench-", dir=args.dir)
+    results: dict = {}
+    try:
+        print(
+            f"# h5record benchmark ({'quick' if quick else 'full'}): "
+            f"{os.cpu_count()} cores, h5record {h5record.__version__}\n"
+        )
+        print(harness.drop_caches_not_possible_note(), "\n")
+        loaded = {}
+        for name in args.only.split(","):
+            workload = workloads.make(name, sizes.get(name), seed=SEED)
+            loaded[name] = workload
+            print(
+                f"- {name}: {workload.n_rows:,} rows, {workload.raw_bytes / 1e6:,.1f} MB raw; "
+                f"{workload.source}"
+            )
+        print()
+        if "core" in sections:
+            table = Table("Core: h5record against the two baselines (rows/s unless named)")
+            for workload in loaded.values():
+                core(workload, folder, quick, table, results)
+            table.print()
+        if "compression" in sections:
+            table = Table("Compression: size and read speed per codec")
+            for name in ("text", "tokens"):
+                if name not in loaded:
+                    continue
+                n = int(loaded[name].n_rows * scale)
+                big = loaded[name] if n == loaded[name].n_rows else workloads.make(name, n, SEED)
+                print(
+                    f"- compression {name}: {big.n_rows:,} rows, {big.raw_bytes / 1e6:,.0f} MB raw",
+                    file=sys.stderr,
+                )
+                compression(big, folder, quick, table, results)
+            table.print()
+        if "memory" in sections:
+            table = Table("Memory: in-memory cache with 4 DataLoader workers; reads from it")
+            for name in ("text", "tokens"):
+                if name in loaded:
+                    memory(loaded[name], folder, quick, table, results)
+            table.print()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
