@@ -70,7 +70,7 @@ def hdf5_filter(codec: dict[str, Any]) -> dict[str, Any]:
 # Raw bytes per zstd block. The random-access default keeps a block small
 # enough that reading one row decompresses little more than that row;
 # larger blocks trade random-read speed for a smaller file.
-ZSTD_BLOCK_BYTES = 1024
+ZSTD_BLOCK_BYTES = 256
 # A dictionary pays off only for small blocks, and needs enough samples.
 ZSTD_DICT_MAX_BLOCK = 64 << 10
 ZSTD_DICT_BYTES = 112 << 10
@@ -91,7 +91,7 @@ def zstd(
     level:
         zstd compression level.
     block_bytes:
-        Raw bytes per block of rows. Small (the default, 1 KiB) keeps
+        Raw bytes per block of rows. Small (the default, 256 bytes) keeps
         random access fast; 16-64 KiB gives a smaller file.
     dictionary:
         Train a zstd dictionary on the first rows and compress every block
@@ -186,8 +186,7 @@ class ZstdBlockEncoder:
             self._cctx = self._compressor(None)
             return True
         plain_size = len(self._compress(self._compressor(None), raw, segments)[0])
-        if plain_size > INCOMPRESSIBLE_RATIO * raw.nbytes:
-            return False
+        best_size = plain_size
         use_dict = self.want_dictionary
         if use_dict is None:
             use_dict = self.rows_per_block * per_row <= ZSTD_DICT_MAX_BLOCK
@@ -204,6 +203,9 @@ class ZstdBlockEncoder:
                 dict_size = len(self._compress(self._compressor(trained), raw, segments)[0])
                 if dict_size + len(trained) < plain_size:
                     self.dictionary = trained
+                    best_size = dict_size
+        if best_size > INCOMPRESSIBLE_RATIO * raw.nbytes:
+            return False
         self._cctx = self._compressor(self.dictionary)
         return True
 
