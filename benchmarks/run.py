@@ -301,7 +301,12 @@ def scan_rate(ds: Any, n: int, legacy: bool, quick: bool) -> float:
 
 
 def memory(
-    workload: workloads.Workload, folder: str, quick: bool, table: Table, results: dict
+    workload: workloads.Workload,
+    folder: str,
+    quick: bool,
+    table: Table,
+    speed: Table,
+    results: dict,
 ) -> None:
     """PSS of a DataLoader with 4 workers, per in-memory mode, and cache read speed."""
     name = workload.name
