@@ -52,8 +52,116 @@ SCHEMAS: dict[str, list] = {
     "tokens": [Sequence("tokens", dtype="int32")],
 }
 
-# Goals from the project's issues, checked at the end of the run.
-GOALS: list[tuple[str, str, Callable[[dict], bool]]] = []
+ZSTD_RA = "h5record zstd (random access)"
+ZSTD_SF = "h5record zstd (size first, 16 KiB)"
+NONE = "h5record none"
+
+
+def _goals() -> list[tuple[str, Callable[[dict], float], float]]:
+    """(goal, measured value from the results, lower bound) from the project's issues.
+
+    Upper bounds are written as lower bounds of the negated value.
+    """
+
+    def get(key: tuple, metric: str) -> Callable[[dict], float]:
+        return lambda r: r[key][metric]
+
+    def ratio(a: tuple, b: tuple, metric: str, metric_b: str | None = None):
+        return lambda r: r[a][metric] / r[b][metric_b or metric]
+
+    text, tokens = "text", "tokens"
+    return [
+        ("text ds[i] rows/s >= 1,000,000", get((text, H5R), "row_rows_s"), 1e6),
+        ("text ds[i] >= 2x baseline (b)", ratio((text, H5R), (text, MEMMAP), "row_rows_s"), 2),
+        ("text batch of 256 rows/s >= 5,000,000", get((text, H5R), "batch_rows_s"), 5e6),
+        ("text DataLoader nw=0 rows/s >= 2,000,000", get((text, H5R), "dl_nw0"), 2e6),
+        ("text DataLoader nw=2 fork rows/s >= 500,000", get((text, H5R), "dl_nw2_fork"), 5e5),
+        ("tokens ds[i] rows/s >= 1,000,000", get((tokens, H5R), "row_rows_s"), 1e6),
+        ("tokens padded DataLoader nw=0 rows/s >= 500,000", get((tokens, H5R), "dl_nw0"), 5e5),
+        ("text write rows/s >= 700,000", get((text, H5R), "write_rows_s"), 7e5),
+        ("text write >= baseline (b)", ratio((text, H5R), (text, MEMMAP), "write_rows_s"), 1),
+        ("text uncompressed size <= 1.05x raw", lambda r: -r[(text, H5R)]["size_x_raw"], -1.05),
+        ("open <= 5 ms", lambda r: -r[(text, H5R)]["open_ms"], -5),
+        (
+            "zstd random access: text size <= 0.55x raw",
+            lambda r: -r[(text, ZSTD_RA)]["size_x_raw"],
+            -0.55,
+        ),
+        (
+            "zstd random access: text ds[i] >= 50% of none",
+            ratio((text, ZSTD_RA), (text, NONE), "row_rows_s"),
+            0.5,
+        ),
+        (
+            "zstd random access: text batches >= 50% of none",
+            ratio((text, ZSTD_RA), (text, NONE), "batch_rows_s"),
+            0.5,
+        ),
+        (
+            "zstd size first: text size <= 0.35x raw",
+            lambda r: -r[(text, ZSTD_SF)]["size_x_raw"],
+            -0.35,
+        ),
+        ("zstd size first: text ds[i] rows/s >= 100,000", get((text, ZSTD_SF), "row_rows_s"), 1e5),
+        (
+            "zstd size first: text ds[i] >= 20x 1.0.4-layout gzip",
+            ratio((text, ZSTD_SF), (text, "(a) 1.0.4 layout gzip"), "row_rows_s"),
+            20,
+        ),
+        (
+            "zstd size first: text scan >= 50% of none",
+            ratio((text, ZSTD_SF), (text, NONE), "scan_rows_s"),
+            0.5,
+        ),
+        (
+            "zstd random access: text write >= 50% of none",
+            ratio((text, ZSTD_RA), (text, NONE), "write_rows_s"),
+            0.5,
+        ),
+        (
+            "zstd size first: text write >= 50% of none",
+            ratio((text, ZSTD_SF), (text, NONE), "write_rows_s"),
+            0.5,
+        ),
+        (
+            "in_memory=True, spawn: PSS growth <= 1.15x cached data",
+            lambda r: -r[(text, "pss True spawn")],
+            -1.15,
+        ),
+        (
+            "in_memory=True, fork: PSS growth <= 1.15x cached data",
+            lambda r: -r[(text, "pss True fork")],
+            -1.15,
+        ),
+        (
+            "cache ds[i] >= memory map",
+            lambda r: (
+                r[(text, "read in_memory=True")]["row_rows_s"]
+                / r[(text, "read memory map")]["row_rows_s"]
+            ),
+            1,
+        ),
+        (
+            "cache batches >= memory map",
+            lambda r: (
+                r[(text, "read in_memory=True")]["batch_rows_s"]
+                / r[(text, "read memory map")]["batch_rows_s"]
+            ),
+            1,
+        ),
+    ]
+
+
+def check_goals(results: dict) -> Table:
+    table = Table("Goals (from the issues), checked on this run")
+    for goal, measure, bound in _goals():
+        try:
+            value = measure(results)
+        except (KeyError, ZeroDivisionError):
+            continue  # that section did not run
+        shown = -value if bound < 0 else value
+        table.add("goal", goal, measured=round(shown, 3), met="yes" if value >= bound else "NO")
+    return table
 
 
 def _rand_indices(n: int, count: int, seed: int = SEED) -> list[int]:
@@ -438,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                     memory(loaded[name], folder, quick, table, speed, results)
             table.print()
             speed.print()
+        check_goals(results).print()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
