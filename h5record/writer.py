@@ -29,14 +29,16 @@ FLUSH_BYTES = 16 << 20
 FLUSH_ROWS = 1 << 16
 
 
-def _chunk_len(element_bytes: int) -> int:
-    return max(1, spec.TARGET_CHUNK_BYTES // max(1, element_bytes))
+def _chunk_len(element_bytes: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // max(1, element_bytes))
 
 
 class _Column:
     """Buffered, not yet written values of one field."""
 
-    def __init__(self, group: h5py.Group, field: Field, codec: dict[str, Any]) -> None:
+    def __init__(
+        self, group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int
+    ) -> None:
         self.field = field
         self.rows: list[Any] = []  # values of single rows, not yet joined
         self.parts: list[Any] = []  # joined (flat, lengths) pieces, not yet written
@@ -47,7 +49,7 @@ class _Column:
             spec.VALUES,
             shape=(0, *elem_shape),
             maxshape=(None, *elem_shape),
-            chunks=(_chunk_len(field.element_bytes), *elem_shape),
+            chunks=(_chunk_len(field.element_bytes, chunk_bytes), *elem_shape),
             dtype=field.dtype,
             **filters,
         )
@@ -58,7 +60,7 @@ class _Column:
                 spec.OFFSETS,
                 shape=(1,),
                 maxshape=(None,),
-                chunks=(_chunk_len(8),),
+                chunks=(_chunk_len(8, chunk_bytes),),
                 dtype="<i8",
             )
             self.offsets[0] = 0
@@ -97,12 +99,14 @@ class _Column:
         return codec
 
 
-def _resizable(group: h5py.Group, name: str, dtype: str, first: Any = None) -> h5py.Dataset:
+def _resizable(
+    group: h5py.Group, name: str, dtype: str, chunk_bytes: int, first: Any = None
+) -> h5py.Dataset:
     dset = group.create_dataset(
         name,
         shape=(0,),
         maxshape=(None,),
-        chunks=(_chunk_len(np.dtype(dtype).itemsize),),
+        chunks=(_chunk_len(np.dtype(dtype).itemsize, chunk_bytes),),
         dtype=dtype,
     )
     if first is not None:
@@ -121,8 +125,11 @@ def _append(dset: h5py.Dataset, data: np.ndarray) -> None:
 class _ZstdColumn:
     """Buffered rows of a zstd field, written as whole blocks of rows."""
 
-    def __init__(self, group: h5py.Group, field: Field, codec: dict[str, Any]) -> None:
+    def __init__(
+        self, group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int
+    ) -> None:
         self.group = group
+        self.chunk_bytes = chunk_bytes
         self.field = field
         self.codec = codec
         self.encoder = codecs.ZstdBlockEncoder(codec, field.element_bytes, field.variable)
@@ -146,10 +153,10 @@ class _ZstdColumn:
         self.planned = True
         if not self.encoder.plan(flat, offsets):
             # Incompressible (JPEG bytes, say): store it raw, as FORMAT.md allows.
-            self.plain = _Column(self.group, self.field, {"id": spec.CODEC_NONE})
+            self.plain = _Column(self.group, self.field, {"id": spec.CODEC_NONE}, self.chunk_bytes)
             return
-        self.values = _resizable(self.group, spec.VALUES, "u1")
-        self.blocks = _resizable(self.group, spec.BLOCKS, "<i8", first=0)
+        self.values = _resizable(self.group, spec.VALUES, "u1", self.chunk_bytes)
+        self.blocks = _resizable(self.group, spec.BLOCKS, "<i8", self.chunk_bytes, first=0)
         if self.encoder.dictionary is not None:
             self.group.create_dataset(
                 spec.DICTIONARY, data=np.frombuffer(self.encoder.dictionary, np.uint8)
@@ -224,10 +231,10 @@ def _is_scalar(field: Field) -> bool:
     return not field.variable and field.element_shape == ()
 
 
-def _make_column(group: h5py.Group, field: Field, codec: dict[str, Any]) -> Any:
+def _make_column(group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int) -> Any:
     if codec["id"] == spec.CODEC_ZSTD:
-        return _ZstdColumn(group, field, codec)
-    return _Column(group, field, codec)
+        return _ZstdColumn(group, field, codec, chunk_bytes)
+    return _Column(group, field, codec, chunk_bytes)
 
 
 def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
@@ -254,6 +261,9 @@ class H5Writer:
         Show a progress bar; ``None`` shows one when stderr is a terminal.
     total:
         Expected row count, only for the progress bar.
+    chunk_bytes:
+        Target size of an HDF5 chunk. The default (1 MiB) keeps chunk tables
+        small for huge files; small files waste less with smaller chunks.
 
     Examples
     --------
@@ -274,8 +284,11 @@ class H5Writer:
         overwrite: bool = False,
         progress: bool | None = None,
         total: int | None = None,
+        chunk_bytes: int = spec.TARGET_CHUNK_BYTES,
     ) -> None:
         self.path = os.fspath(path)
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         self.schema = Schema.coerce(schema)
         if os.path.exists(self.path) and not overwrite:
             raise FileExistsError(
@@ -302,7 +315,7 @@ class H5Writer:
                     codec = {"id": spec.CODEC_NONE}
                 self._codecs[field.name] = codec
                 self._columns.append(
-                    _make_column(fields_group.create_group(field.name), field, codec)
+                    _make_column(fields_group.create_group(field.name), field, codec, chunk_bytes)
                 )
         except BaseException:
             self._discard()
