@@ -1,0 +1,54 @@
+"""Typed stubs of the compiled kernels (h5record/_fast.pyx)."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+KIND_STRING: int
+KIND_BYTES: int
+KIND_SCALAR: int
+KIND_FIXED: int
+KIND_VARIABLE: int
+PACK_UTF8: int
+PACK_FLOAT: int
+PACK_INT: int
+PACK_OTHER: int
+
+class Decoder:
+    n_rows: int
+    names: list[str]
+    def __init__(self, n_rows: int, fields: list[dict[str, Any]]) -> None: ...
+    def row(self, i: int) -> dict[str, Any]: ...
+    def value(self, k: int, i: int) -> Any: ...
+    def rows_index(self, index: Any) -> npt.NDArray[np.int64]: ...
+    def column(self, k: int, idx: npt.NDArray[np.int64], raw: bool = ...) -> Any: ...
+    def padded(
+        self, k: int, idx: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
+    ) -> tuple[np.ndarray, npt.NDArray[np.int64]]: ...
+
+class RowPacker:
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        codes: list[int],
+        lo: list[int],
+        hi: list[int],
+        converters: tuple[Callable[[Any, int], Any], ...],
+        sinks: list[list[Any]],
+    ) -> None: ...
+    def pack(self, row: Any, index: int) -> int: ...
+
+def pad_ragged(
+    flat: np.ndarray, offsets: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
+) -> tuple[np.ndarray, npt.NDArray[np.int64]]: ...
+def build_blocks(
+    flat: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    rows_per_block: int,
+    elem_bytes: int,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]]: ...
+def join_text(
+    values: list[Any], text: bool
+) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.int64] | None, int]: ...
