@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import reader
-from ._fast import Decoder
+from ._fast import Decoder, pad_ragged
 from .cache import SharedCache
 from .errors import FormatError
 from .fields import Schema
@@ -255,13 +255,7 @@ class H5Dataset:
 
 
 def _pad_ragged(flat: np.ndarray, offsets: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.diff(offsets)
-    width = int(lengths.max()) if len(lengths) else 0
-    out = np.empty((len(lengths), width, *flat.shape[1:]), flat.dtype)
-    out[...] = np.frombuffer(pad, flat.dtype).reshape(flat.shape[1:]) if pad else 0
-    for j, n in enumerate(lengths):
-        out[j, :n] = flat[offsets[j] : offsets[j + 1]]
-    return out, lengths.astype(np.int64)
+    return pad_ragged(flat, np.ascontiguousarray(offsets, np.int64), np.frombuffer(pad, np.uint8))
 
 
 class Batch(SequenceABC):
