@@ -81,6 +81,7 @@ cdef struct Paged:
     int64_t chunk_len         # elements per chunk
     int64_t elem_bytes
     int64_t length            # readable elements
+    int64_t base_len          # bytes in base: no address may reach past it
 
 
 cdef inline int paged_ptr(const Paged* p, int64_t start, int64_t stop,
@@ -93,12 +94,17 @@ cdef inline int paged_ptr(const Paged* p, int64_t start, int64_t stop,
     cdef int64_t c, within, addr
     if start < 0 or stop < start or stop > p.length:
         return -1
+    if stop == start:  # an empty row: nothing to point at, maybe no chunk at all
+        out[0] = <const uint8_t*>""
+        return 1
     c = start // p.chunk_len
     within = start - c * p.chunk_len
     addr = p.table[c]
     if addr < 0:
         return -1
-    if stop == start or (stop - 1) // p.chunk_len == c:
+    if (stop - 1) // p.chunk_len == c:
+        if addr + (within + stop - start) * p.elem_bytes > p.base_len:
+            return -1
         out[0] = p.base + addr + within * p.elem_bytes
         return 1
     return 0
@@ -113,7 +119,10 @@ cdef inline const uint8_t* paged_addr(const Paged* p, int64_t e) noexcept nogil:
     addr = p.table[c]
     if addr < 0:
         return NULL
-    return p.base + addr + (e - c * p.chunk_len) * p.elem_bytes
+    addr += (e - c * p.chunk_len) * p.elem_bytes
+    if addr + p.elem_bytes > p.base_len:
+        return NULL
+    return p.base + addr
 
 
 cdef int paged_copy(const Paged* p, int64_t start, int64_t stop, uint8_t* out) noexcept nogil:
@@ -128,7 +137,7 @@ cdef int paged_copy(const Paged* p, int64_t start, int64_t stop, uint8_t* out) n
         if take > stop - e:
             take = stop - e
         addr = p.table[c]
-        if addr < 0:
+        if addr < 0 or addr + (within + take) * p.elem_bytes > p.base_len:
             return -1
         memcpy(out, p.base + addr + within * p.elem_bytes, take * p.elem_bytes)
         out += take * p.elem_bytes
@@ -328,6 +337,7 @@ cdef class Decoder:
         self.keep_alive.append(buf)
         self.keep_alive.append(table)
         p.base = &buf[0] if buf.shape[0] else NULL
+        p.base_len = buf.shape[0]
         p.table = &table[0] if table.shape[0] else NULL
         p.n_chunks = table.shape[0]
         p.chunk_len = max(<int64_t>spec["chunk_len"], 1)
