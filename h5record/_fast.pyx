@@ -260,7 +260,7 @@ cdef class Decoder:
     cdef int64_t* rows_per_block
     cdef int64_t* max_block
     cdef ZSTD_DDict** ddicts
-    cdef ZSTD_DCtx* dctx
+    cdef ZSTD_DCtx** dctxs   # one per field: a context keeps its dictionary's tables warm
     cdef int64_t* cached
     cdef uint8_t** cache
     cdef int64_t* cache_cap
@@ -290,19 +290,20 @@ cdef class Decoder:
         self.rows_per_block = <int64_t*>calloc(n, sizeof(int64_t))
         self.max_block = <int64_t*>calloc(n, sizeof(int64_t))
         self.ddicts = <ZSTD_DDict**>calloc(n, sizeof(ZSTD_DDict*))
+        self.dctxs = <ZSTD_DCtx**>calloc(n, sizeof(ZSTD_DCtx*))
         self.cached = <int64_t*>malloc(n * sizeof(int64_t))
         self.cache = <uint8_t**>calloc(n, sizeof(uint8_t*))
         self.cache_cap = <int64_t*>calloc(n, sizeof(int64_t))
         self.starts = <int64_t**>calloc(n, sizeof(int64_t*))
         self.starts_cap = <int64_t*>calloc(n, sizeof(int64_t))
-        self.dctx = NULL
         self.frame_scratch = NULL
         self.frame_scratch_size = 0
         self.scratch = NULL
         self.scratch_size = 0
         if not (self.values and self.offsets and self.kinds and self.codes and self.typenums
                 and self.is_var and self.bounds and self.eb and self.blocked and self.blocks
-                and self.rows_per_block and self.max_block and self.ddicts and self.cached
+                and self.rows_per_block and self.max_block and self.ddicts and self.dctxs
+                and self.cached
                 and self.cache and self.cache_cap and self.starts and self.starts_cap):
             raise MemoryError()
         memset(self.offsets, 0, n * sizeof(Paged))
@@ -350,10 +351,9 @@ cdef class Decoder:
         self._set_paged(&self.blocks[k], zstd["blocks"])
         self.rows_per_block[k] = max(<int64_t>zstd["rows_per_block"], 1)
         self.max_block[k] = zstd["max_block_bytes"]
-        if self.dctx == NULL:
-            self.dctx = ZSTD_createDCtx()
-            if self.dctx == NULL:
-                raise MemoryError()
+        self.dctxs[k] = ZSTD_createDCtx()
+        if self.dctxs[k] == NULL:
+            raise MemoryError()
         if zstd.get("dictionary") is not None:
             dictionary = zstd["dictionary"]
             self.ddicts[k] = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
@@ -368,14 +368,15 @@ cdef class Decoder:
                 free(self.starts[k])
                 if self.ddicts[k] != NULL:
                     ZSTD_freeDDict(self.ddicts[k])
-        if self.dctx != NULL:
-            ZSTD_freeDCtx(self.dctx)
+                if self.dctxs[k] != NULL:
+                    ZSTD_freeDCtx(self.dctxs[k])
         free(self.blocked)
         free(self.eb)
         free(self.blocks)
         free(self.rows_per_block)
         free(self.max_block)
         free(self.ddicts)
+        free(self.dctxs)
         free(self.cached)
         free(self.cache)
         free(self.cache_cap)
@@ -439,10 +440,10 @@ cdef class Decoder:
                 raise MemoryError()
         with nogil:
             if self.ddicts[k] != NULL:
-                res = ZSTD_decompress_usingDDict(self.dctx, self.cache[k], size, src, c1 - c0,
+                res = ZSTD_decompress_usingDDict(self.dctxs[k], self.cache[k], size, src, c1 - c0,
                                                  self.ddicts[k])
             else:
-                res = ZSTD_decompressDCtx(self.dctx, self.cache[k], size, src, c1 - c0)
+                res = ZSTD_decompressDCtx(self.dctxs[k], self.cache[k], size, src, c1 - c0)
         if ZSTD_isError(res) or <int64_t>res != size:
             raise self._damaged(k, j * R)
         r = min(R, self.n_rows - j * R)

@@ -27,6 +27,8 @@ from .fields import Field, Schema, String
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
 FLUSH_BYTES = 16 << 20
 FLUSH_ROWS = 1 << 16
+# Chunk size of lzf/gzip datasets (HDF5 filters compress whole chunks).
+FILTERED_CHUNK_BYTES = 64 << 10
 
 
 def _chunk_len(element_bytes: int, chunk_bytes: int) -> int:
@@ -45,11 +47,15 @@ class _Column:
         self.pending_bytes = 0
         elem_shape = field.element_shape
         filters = codecs.hdf5_filter(codec)
+        values_chunk = chunk_bytes
+        if filters:
+            # Reading one row inflates its whole chunk: keep filtered chunks small.
+            values_chunk = min(chunk_bytes, FILTERED_CHUNK_BYTES)
         self.values = group.create_dataset(
             spec.VALUES,
             shape=(0, *elem_shape),
             maxshape=(None, *elem_shape),
-            chunks=(_chunk_len(field.element_bytes, chunk_bytes), *elem_shape),
+            chunks=(_chunk_len(field.element_bytes, values_chunk), *elem_shape),
             dtype=field.dtype,
             **filters,
         )
