@@ -383,14 +383,17 @@ def test_reference_checks_addresses_against_the_buffer(kind):
     strict=True,
 )
 @pytest.mark.parametrize("damage", ["values-chunk-absent", "values-chunk-outside"])
-@pytest.mark.parametrize("kind,method", [
-    ("variable", "column"),
-    ("frames", "column"),
-    ("variable", "padded"),
-    ("frames", "padded"),
-    ("string", "padded"),
-    ("bytes", "padded"),
-])
+@pytest.mark.parametrize(
+    "kind,method",
+    [
+        ("variable", "column"),
+        ("frames", "column"),
+        ("variable", "padded"),
+        ("frames", "padded"),
+        ("string", "padded"),
+        ("bytes", "padded"),
+    ],
+)
 def test_damaged_values_in_batches_raise(kind, method, damage):
     n, fields = _damaged_field(kind, damage)
     fast = _fast.Decoder(n, fields)
@@ -455,7 +458,7 @@ def test_zstd_fields_equal_the_reference(tmp_path, block_bytes):
     ]
     n = 300
     with H5Writer(path, schema, progress=False) as w:
-        for i in range(n):
+        for _ in range(n):
             w.write(
                 {
                     "t": "word " * int(rng.integers(0, 60)),

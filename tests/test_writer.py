@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -75,9 +76,11 @@ def test_write_and_write_batch_mixed_with_many_flushes(
         mp.setattr(h5record.writer, "FLUSH_ROWS", flush_rows)
         mp.setattr(h5record.writer, "FLUSH_BYTES", flush_bytes)
         with H5Writer(path, fields, progress=False, overwrite=True, chunk_bytes=128) as w:
-            for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            for k, (a, b) in enumerate(itertools.pairwise(bounds)):
                 if (k % 2 == 0) == batch_first:
-                    w.write_batch({f.name: _column(f, [r[f.name] for r in rows[a:b]]) for f in fields})
+                    w.write_batch(
+                        {f.name: _column(f, [r[f.name] for r in rows[a:b]]) for f in fields}
+                    )
                 else:
                     for row in rows[a:b]:
                         w.write(row)
