@@ -227,6 +227,14 @@ cdef int scalar_code(object dtype):
     return table.get(f"{dtype.kind}{dtype.itemsize}", S_NONE)
 
 
+def _integer_indices(index):
+    """``index`` as an integer array; floats, bools and strings are refused."""
+    arr = np.asarray(index)
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise TypeError(f"row indices must be integers, got an array of {arr.dtype}")
+    return arr
+
+
 cdef class Decoder:
     """Decode rows and batches of a set of fields from paged buffers.
 
@@ -426,7 +434,8 @@ cdef class Decoder:
                 self.frame_scratch_size = 0 if self.frame_scratch == NULL else c1 - c0
                 if self.frame_scratch == NULL:
                     raise MemoryError()
-            paged_copy(&self.values[k], c0, c1, self.frame_scratch)
+            if paged_copy(&self.values[k], c0, c1, self.frame_scratch) < 0:
+                raise self._damaged(k, j * R)
             src = self.frame_scratch
         content = ZSTD_getFrameContentSize(src, c1 - c0)
         if content > <unsigned long long>self.max_block[k]:  # also catches zstd's error codes
@@ -607,7 +616,8 @@ cdef class Decoder:
         nbytes = (o1 - o0) * vals.elem_bytes
         if r == 0:
             ptr = self._scratch(nbytes)
-            paged_copy(vals, o0, o1, <uint8_t*>ptr)
+            if paged_copy(vals, o0, o1, <uint8_t*>ptr) < 0:
+                raise self._damaged(k, row)
         if kind == KIND_STRING:
             return self._text(k, row, ptr, nbytes)
         return PyBytes_FromStringAndSize(<const char*>ptr, nbytes)
@@ -674,7 +684,8 @@ cdef class Decoder:
 
     def rows_index(self, object index):
         """Normalise row indices to a checked int64 array (negatives wrap)."""
-        cdef cnp.ndarray[int64_t, ndim=1] idx = np.array(index, dtype=np.int64, copy=True).reshape(-1)
+        cdef cnp.ndarray[int64_t, ndim=1] idx = np.array(
+            _integer_indices(index), dtype=np.int64, copy=True).reshape(-1)
         cdef int64_t j, n = idx.shape[0], v
         for j in range(n):
             v = idx[j]
@@ -814,9 +825,14 @@ cdef class Decoder:
             dims[d + 1] = shape[d]
         flat = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
         cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(flat)
+        cdef Py_ssize_t bad = -1
         with nogil:
             for j in range(n):
-                paged_copy(vals, st[j], st[j] + of[j + 1] - of[j], out + of[j] * eb)
+                if paged_copy(vals, st[j], st[j] + of[j + 1] - of[j], out + of[j] * eb) < 0:
+                    bad = j
+                    break
+        if bad >= 0:
+            raise self._damaged(k, idx[bad])
         return flat, offsets
 
     def padded(self, int k, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len=0):
@@ -860,15 +876,20 @@ cdef class Decoder:
         for e in range(eb):
             if pp[e] != 0:
                 zero_pad = False
+        cdef Py_ssize_t bad = -1
         with nogil:
             for j in range(n):
-                paged_copy(vals, st[j], st[j] + ln[j], dst)
+                if paged_copy(vals, st[j], st[j] + ln[j], dst) < 0:
+                    bad = j
+                    break
                 if zero_pad:
                     memset(dst + ln[j] * eb, 0, (width - ln[j]) * eb)
                 else:
                     for e in range(ln[j], width):
                         memcpy(dst + e * eb, pp, eb)
                 dst += width * eb
+        if bad >= 0:
+            raise self._damaged(k, idx[bad])
         return out, lengths
 
 

@@ -35,6 +35,8 @@ class _Paged:
             if addr < 0:
                 return None
             pos = int(addr) + (e % self.chunk_len) * self.elem_bytes
+            if pos + self.elem_bytes > len(self.buf):
+                return None
             out += self.buf[pos : pos + self.elem_bytes].tobytes()
         return bytes(out)
 
@@ -98,7 +100,10 @@ class Decoder:
         return {name: self.value(k, i) for k, name in enumerate(self.names)}
 
     def rows_index(self, index: Any) -> np.ndarray:
-        idx = np.array(index, dtype=np.int64).reshape(-1)
+        arr = np.asarray(index)
+        if arr.dtype.kind not in "iu" and arr.size:
+            raise TypeError(f"row indices must be integers, got an array of {arr.dtype}")
+        idx = arr.astype(np.int64).reshape(-1)
         return np.array([self._check_row(int(i)) for i in idx], np.int64)
 
     def column(self, k: int, idx: np.ndarray) -> Any:

@@ -338,8 +338,6 @@ def _all_rows(decoder, n):
 
 @pytest.mark.parametrize("kind,damage", _damage_cases())
 def test_damaged_rows_raise_in_the_kernel(kind, damage):
-    if kind in ("string", "bytes") and damage == "values-chunk-outside":
-        pytest.skip("see test_text_spanning_a_chunk_outside_the_buffer_raises")
     n, fields = _damaged_field(kind, damage)
     fast = _fast.Decoder(n, fields)
     with pytest.raises(FormatError, match=r"field 'x', row \d"):
@@ -353,8 +351,6 @@ def test_damaged_rows_raise_in_the_kernel(kind, damage):
 
 @pytest.mark.parametrize("kind,damage", _damage_cases())
 def test_damaged_rows_raise_in_the_reference(kind, damage):
-    if damage == "values-chunk-outside":
-        pytest.skip("see test_reference_checks_addresses_against_the_buffer")
     n, fields = _damaged_field(kind, damage)
     ref = _reference.Decoder(n, fields)
     with pytest.raises(FormatError, match=r"field 'x', row \d"):
@@ -363,12 +359,6 @@ def test_damaged_rows_raise_in_the_reference(kind, damage):
         ref.column(0, np.arange(n, dtype=np.int64))
 
 
-@pytest.mark.xfail(
-    reason="_reference._Paged.read never compares a chunk address with the buffer length: "
-    "an address past the end yields short bytes (a wrong value or numpy's ValueError) "
-    "where _fast raises FormatError",
-    strict=True,
-)
 @pytest.mark.parametrize("kind", DAMAGE_KINDS)
 def test_reference_checks_addresses_against_the_buffer(kind):
     n, fields = _damaged_field(kind, "values-chunk-outside")
@@ -376,12 +366,6 @@ def test_reference_checks_addresses_against_the_buffer(kind):
         _all_rows(_reference.Decoder(n, fields), n)
 
 
-@pytest.mark.xfail(
-    reason="_fast.pyx Decoder._ragged and Decoder.padded ignore the result of paged_copy: "
-    "over an absent or out-of-buffer values chunk, column() of a variable numeric field and "
-    "padded() of any variable field return uninitialised memory instead of FormatError",
-    strict=True,
-)
 @pytest.mark.parametrize("damage", ["values-chunk-absent", "values-chunk-outside"])
 @pytest.mark.parametrize(
     "kind,method",
@@ -405,13 +389,6 @@ def test_damaged_values_in_batches_raise(kind, method, damage):
             fast.padded(0, idx, _pad_for(fields[0], np.random.default_rng(0)))
 
 
-@pytest.mark.xfail(
-    reason="_fast.pyx Decoder._var_from_bounds ignores the result of paged_copy when a "
-    "String/Bytes row spans chunks: with a chunk address past the buffer, row(), value() and "
-    "column() return uninitialised scratch memory (for String, FormatError only if that "
-    "memory happens not to be valid UTF-8, so only Bytes is checked here)",
-    strict=True,
-)
 @pytest.mark.parametrize("method", ["row", "value", "column"])
 def test_text_spanning_a_chunk_outside_the_buffer_raises(method):
     n, fields = _damaged_field("bytes", "values-chunk-outside")
