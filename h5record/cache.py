@@ -249,14 +249,17 @@ def _fill(
                 dest = np.frombuffer(
                     mm, slot.dtype, int(np.prod(slot.shape, dtype=np.int64)), slot.offset
                 ).reshape(slot.shape)
-                if slot.field in decoded:
-                    dest[...] = decoded[slot.field][slot.key]
-                elif slot.shape[0]:
-                    dset = f[spec.field_path(slot.field, slot.key)]
-                    dset.read_direct(dest, np.s_[0 : slot.shape[0]])
+                try:
+                    if slot.field in decoded:
+                        dest[...] = decoded[slot.field][slot.key]
+                    elif slot.shape[0]:
+                        dset = f[spec.field_path(slot.field, slot.key)]
+                        where = f"{layout.path}: field {slot.field!r}"
+                        reader.read_hdf5(dset, np.s_[0 : slot.shape[0]], where, out=dest)
+                finally:
+                    del dest  # a live view of the map would make mm.close() fail
                 if bar is not None:
                     bar.update(slot.nbytes)
-                del dest
     finally:
         mm.close()
         if bar is not None:

@@ -11,6 +11,7 @@ gzip) are read through h5py by :class:`H5Column`.
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import threading
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ def _attr(f: h5py.File, key: str, path: str) -> Any:
         raise FormatError(f"{path}: not an h5record file (root attribute {key!r} missing)") from exc
 
 
+def _int_attr(f: h5py.File, name: str, path: str) -> int:
+    value = _attr(f, name, path)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise FormatError(f"{path}: attribute {name!r} must be an integer, got {value!r}") from None
+
+
 def read_layout(path: str) -> FileLayout:
     """Read a file's metadata; raise FormatError if it is not a valid h5record file."""
     try:
@@ -94,7 +103,7 @@ def read_layout(path: str) -> FileLayout:
     with f:
         if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
             raise FormatError(f"{path}: not an h5record file")
-        version = int(_attr(f, spec.ATTR_VERSION, path))
+        version = _int_attr(f, spec.ATTR_VERSION, path)
         if version > spec.FORMAT_VERSION:
             raise FormatError(
                 f"{path}: written in h5record format version {version}, but this h5record "
@@ -103,8 +112,13 @@ def read_layout(path: str) -> FileLayout:
         schema_text = _attr(f, spec.ATTR_SCHEMA, path)
         if isinstance(schema_text, bytes):
             schema_text = schema_text.decode("utf-8")
-        schema = Schema.from_json(schema_text)
-        num_rows = int(_attr(f, spec.ATTR_NUM_ROWS, path))
+        try:
+            schema = Schema.from_json(schema_text)
+        except (ValueError, TypeError, KeyError) as exc:  # bad JSON or an unknown field
+            raise FormatError(f"{path}: the stored schema is invalid ({exc})") from exc
+        num_rows = _int_attr(f, spec.ATTR_NUM_ROWS, path)
+        if num_rows < 0:
+            raise FormatError(f"{path}: attribute {spec.ATTR_NUM_ROWS!r} is {num_rows}")
         layout = FileLayout(path, schema, num_rows, version, os.path.getsize(path))
         for fld in schema:
             layout.fields.append(_field_layout(f, fld, num_rows, layout.file_size, path))
@@ -272,15 +286,17 @@ def load_arrays(
             if (names is not None and name not in names) or fl.zstd is not None:
                 continue
             arrays: dict[str, np.ndarray] = {}
+            where = f"{layout.path}: field {name!r}"
+            values = f[spec.field_path(name, spec.VALUES)]
             if fl.field.variable:
-                offsets = f[spec.field_path(name, spec.OFFSETS)][: n + 1]
+                offsets = read_hdf5(f[spec.field_path(name, spec.OFFSETS)], np.s_[: n + 1], where)
                 end = int(offsets[-1]) if len(offsets) else 0
                 if end > fl.values_len or np.any(np.diff(offsets) < 0):
-                    raise FormatError(f"{layout.path}: field {name!r}: offsets are damaged")
+                    raise FormatError(f"{where}: offsets are damaged")
                 arrays["offsets"] = offsets.astype(np.int64, copy=False)
-                arrays["values"] = f[spec.field_path(name, spec.VALUES)][:end]
+                arrays["values"] = read_hdf5(values, np.s_[:end], where)
             else:
-                arrays["values"] = f[spec.field_path(name, spec.VALUES)][:n]
+                arrays["values"] = read_hdf5(values, np.s_[:n], where)
             out[name] = arrays
     return out
 
@@ -335,6 +351,21 @@ def _whole(arr: np.ndarray, elem_bytes: int) -> dict[str, Any]:
     }
 
 
+def read_hdf5(dset: h5py.Dataset, sel: Any, where: str, out: np.ndarray | None = None) -> Any:
+    """``dset[sel]``, or a read into ``out``; HDF5 errors on damaged chunks become FormatError."""
+    try:
+        if out is not None:
+            dset.read_direct(out, sel)
+            return out
+        return dset[sel]
+    except OSError as exc:
+        error = str(exc)
+    # Raised outside the handler so that no traceback keeps ``out`` (often a
+    # view of a shared-memory map that the caller must then close) alive.
+    out = None
+    raise FormatError(f"{where}: HDF5 cannot read the data ({error}); the file is damaged")
+
+
 class H5Column:
     """Read one filtered field through h5py (the slow path for lzf/gzip)."""
 
@@ -361,18 +392,16 @@ class H5Column:
     def value(self, i: int) -> Any:
         with HDF5_LOCK:
             values, offsets = self._datasets()
+            where = f"{self.path}: field {self.field.name!r}, row {i}"
             if offsets is None:
-                arr = values[i]
+                arr = read_hdf5(values, i, where)
                 if self.kind == KIND_SCALAR:
                     return arr.item()
                 return arr
-            o0, o1 = (int(x) for x in offsets[i : i + 2])
+            o0, o1 = (int(x) for x in read_hdf5(offsets, np.s_[i : i + 2], where))
             if not 0 <= o0 <= o1 <= values.shape[0]:
-                raise FormatError(
-                    f"{self.path}: field {self.field.name!r}, row {i}: offsets out of bounds; "
-                    "the file is damaged"
-                )
-            data = values[o0:o1]
+                raise FormatError(f"{where}: offsets out of bounds; the file is damaged")
+            data = read_hdf5(values, np.s_[o0:o1], where)
         if self.kind == KIND_STRING:
             try:
                 return data.tobytes().decode("utf-8")
