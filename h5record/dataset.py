@@ -186,7 +186,7 @@ class H5Dataset:
         batch = Batch(self, idx)
         if self.transform is None:
             return batch
-        return [self.transform(row) for row in batch]
+        return TransformedRows([self.transform(row) for row in batch], self.schema)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         for i in range(len(self)):
@@ -256,6 +256,19 @@ class H5Dataset:
 
 def _pad_ragged(flat: np.ndarray, offsets: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
     return pad_ragged(flat, np.ascontiguousarray(offsets, np.int64), np.frombuffer(pad, np.uint8))
+
+
+class TransformedRows(list):
+    """A batch after the dataset's ``transform``: a list of whatever it returned.
+
+    It remembers the schema so that :func:`h5record.collate` still knows the
+    stored dtypes and which fields are variable-length, whatever values
+    the transform left untouched.
+    """
+
+    def __init__(self, rows: list, schema: Schema) -> None:
+        super().__init__(rows)
+        self.schema = schema
 
 
 class Batch(SequenceABC):

@@ -15,6 +15,7 @@ import torch
 
 from ._fast import KIND_BYTES, KIND_STRING, KIND_VARIABLE
 from .dataset import Batch, _pad_ragged
+from .fields import Field
 
 
 class Collate:
@@ -55,6 +56,9 @@ class Collate:
     def _from_batch(self, batch: Batch) -> dict[str, Any]:
         ds = batch.dataset
         out: dict[str, Any] = {}
+        self._check_lengths_keys(
+            [f.name for f in ds.schema], lambda name: ds.kind(name) == KIND_VARIABLE
+        )
         for field in ds.schema:
             name = field.name
             kind = ds.kind(name)
@@ -73,27 +77,43 @@ class Collate:
             return torch.from_numpy(array)
         return array
 
+    def _check_lengths_keys(self, names: list[str], padded: Any) -> None:
+        """Refuse a lengths key that would overwrite a field, wherever it is."""
+        taken = set(names)
+        for name in names:
+            key = name + self.lengths_suffix
+            if key in taken and padded(name):
+                raise ValueError(
+                    f"collate: lengths key {key!r} of field {name!r} clashes with a field; "
+                    "set lengths_suffix"
+                )
+
     def _put_padded(self, out: dict[str, Any], name: str, padded: Any, lengths: Any) -> None:
-        key = name + self.lengths_suffix
-        if key in out:
-            raise ValueError(
-                f"collate: lengths key {key!r} clashes with a field; set lengths_suffix"
-            )
         out[name] = self._tensor(padded)
-        out[key] = self._tensor(lengths)
+        out[name + self.lengths_suffix] = self._tensor(lengths)
 
     def _from_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """General path for rows changed by a transform."""
+        """General path for rows changed by a transform.
+
+        Where a batch still carries the schema (see ``TransformedRows``),
+        values the transform left as they were collate exactly as the
+        untransformed batch does: stored dtypes, and padding with lengths
+        for variable-length fields even when the lengths happen to agree.
+        """
+        schema: dict[str, Field] = {f.name: f for f in getattr(rows, "schema", ())}
         out: dict[str, Any] = {}
-        for name in rows[0]:
+        names = list(rows[0])
+        self._check_lengths_keys(names, lambda name: _is_ragged(rows, name, schema.get(name)))
+        for name in names:
             values = [row[name] for row in rows]
             first = values[0]
+            field = schema.get(name)
             if isinstance(first, (str, bytes)):
                 out[name] = values
             elif isinstance(first, torch.Tensor):
                 out[name] = torch.stack(values)
             elif isinstance(first, np.ndarray) and first.ndim >= 1:
-                if all(v.shape == first.shape for v in values):
+                if not _is_ragged(rows, name, field):
                     out[name] = torch.from_numpy(np.stack(values))
                 else:
                     lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
@@ -104,10 +124,27 @@ class Collate:
                     padded, lens = _pad_ragged(flat, offsets, pad)
                     self._put_padded(out, name, padded, lens)
             elif isinstance(first, (int, float, np.number, bool)):
-                out[name] = torch.as_tensor(np.asarray(values))
+                array = np.asarray(values)
+                if _is_scalar(field) and array.dtype.kind == field.dtype.kind:
+                    array = array.astype(field.dtype)  # e.g. float32 given back as Python floats
+                out[name] = torch.as_tensor(array)
             else:
                 out[name] = values
         return out
+
+
+def _is_scalar(field: Field | None) -> bool:
+    return field is not None and not field.variable and field.element_shape == ()
+
+
+def _is_ragged(rows: Sequence[Mapping[str, Any]], name: str, field: Field | None) -> bool:
+    """Whether this column of arrays is padded (variable field, or unequal shapes)."""
+    first = rows[0][name]
+    if not isinstance(first, np.ndarray) or first.ndim < 1:
+        return False
+    if field is not None and field.variable:
+        return True
+    return any(row[name].shape != first.shape for row in rows)
 
 
 collate = Collate()

@@ -113,13 +113,6 @@ def test_collate_rows_equals_collate_batch(path):
             assert from_rows[key] == value
 
 
-@pytest.mark.xfail(
-    reason="torch.Collate._from_rows cannot see the schema: Python scalars become int64 or "
-    "float64 whatever the field dtype (float32 -> float64 here), and a batch whose sequences "
-    "happen to have equal lengths is stacked without a '<name>_lengths' entry, so an "
-    "identity transform changes the collated batch",
-    strict=True,
-)
 @pytest.mark.parametrize("idx", [[7, 2, 13], [1, 7]], ids=["ragged", "equal-lengths"])
 def test_identity_transform_does_not_change_collate(path, idx):
     from_batch = h5record.collate(H5Dataset(path)[idx])
@@ -232,11 +225,6 @@ def test_collate_lengths_suffix_and_clash(tmp_path):
     assert out["tok"].tolist() == [[1, 2], [3, 0]]
 
 
-@pytest.mark.xfail(
-    reason="torch.Collate._put_padded only checks fields collated before the sequence: a "
-    "field named '<name>_lengths' later in the schema silently overwrites the lengths",
-    strict=True,
-)
 def test_collate_lengths_clash_with_a_later_field(tmp_path):
     ds = _clash_file(tmp_path, [Sequence("tok"), Integer("tok_lengths")])
     with pytest.raises(ValueError, match="clashes"):
