@@ -154,12 +154,6 @@ def test_indexing_forms(pairs):
     assert [r["b"] for r in ds] == list(range(50))
 
 
-@pytest.mark.xfail(
-    reason="rows_index casts any array to int64: float indices are truncated, a bool mask "
-    "selects rows 0 and 1, strings are parsed; documented indices are int, slice, list or "
-    "int array",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "index",
     [np.array([0.7, 1.9]), [1.5], np.array([True, False, True]), ["1"]],
@@ -477,12 +471,6 @@ def test_damaged_tree_is_a_format_error(text_file, damage):
         H5Dataset(text_file)
 
 
-@pytest.mark.xfail(
-    reason="reader.read_layout lets damaged root attributes through: invalid schema JSON "
-    "raises SchemaError without the path, a negative num_rows gives a dataset whose len() "
-    "raises ValueError, non-numeric num_rows or version raise a bare ValueError",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "key,value",
     [
@@ -531,12 +519,6 @@ def test_chunk_table_pointing_outside_the_file(text_file):
     assert [ds[i]["t"] for i in range(0, 2000, 97)] == ["x" * (i % 30) for i in range(0, 2000, 97)]
 
 
-@pytest.mark.xfail(
-    reason="_fast.pyx Decoder._ragged and Decoder.padded ignore paged_copy's failure: a "
-    "variable numeric column over an absent chunk (table entry -1) returns uninitialised "
-    "memory instead of raising FormatError",
-    strict=True,
-)
 def test_absent_chunk_in_a_batch_is_an_error(tmp_path):
     import h5record
 
@@ -588,12 +570,6 @@ def test_damaged_filtered_chunk_is_an_error(tmp_path, compression):
         ds[0]
 
 
-@pytest.mark.xfail(
-    reason="reader.H5Column.value and reader.load_arrays let h5py's OSError through for a "
-    "damaged lzf/gzip chunk, and cache._fill hides it behind BufferError ('cannot close "
-    "exported pointers exist') because mm.close() runs while `dest` still views the map",
-    strict=True,
-)
 @pytest.mark.parametrize("in_memory", [False, True, "process"])
 @pytest.mark.parametrize("compression", ["lzf", "gzip"])
 def test_damaged_filtered_chunk_is_a_format_error(tmp_path, compression, in_memory):
