@@ -13,3 +13,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.load_profile("h5record")
+
+
+def pytest_configure(config):
+    # Hypothesis warns when it prints a falsifying example that holds one of the ~100 KB
+    # values of tests/strategies.py. Raised as an error, that warning would replace the
+    # report of the real failure by FlakyStrategyDefinition.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning",
+    )
