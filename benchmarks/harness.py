@@ -196,6 +196,22 @@ def child_pids(pid: int) -> list[int]:
 # --- DataLoader throughput --------------------------------------------------
 
 
+class BlankDataset:
+    """``n`` copies of one row: a dataset of a given length without payload."""
+
+    def __init__(self, n: int, row: dict[str, Any]) -> None:
+        self.n = n
+        self.row = row
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.row
+
+
 def list_collate(batch: list) -> list:
     """Collate function that keeps a batch as the list of rows."""
     return batch
