@@ -32,6 +32,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _range_error(value: Any, dtype: np.dtype, where: str) -> RowError:
+    info = np.iinfo(dtype)
+    return RowError(
+        f"{where}: value {int(value)} is out of range for {dtype.name} [{info.min}, {info.max}]"
+    )
+
+
 def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
     if (
         arr.size
@@ -42,11 +49,24 @@ def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
         info = np.iinfo(dtype)
         lo, hi = arr.min(), arr.max()
         if lo < info.min or hi > info.max:
-            bad = lo if lo < info.min else hi
-            raise RowError(
-                f"{where}: value {int(bad)} is out of range for {dtype.name} "
-                f"[{info.min}, {info.max}]"
-            )
+            raise _range_error(lo if lo < info.min else hi, dtype, where)
+
+
+def _exact_ints(value: Any, dtype: np.dtype, where: str) -> np.ndarray | None:
+    """Python ints on both sides of 2**63, converted exactly; None if not all ints.
+
+    ``np.asarray`` makes float64 of them, losing the low bits of large uint64
+    values; converting through an object array keeps them.
+    """
+    items = np.array(value, dtype=object)
+    flat = items.ravel().tolist()
+    if not all(isinstance(v, (int, np.integer)) for v in flat):
+        return None
+    info = np.iinfo(dtype)
+    lo, hi = min(flat), max(flat)
+    if lo < info.min or hi > info.max:
+        raise _range_error(lo if lo < info.min else hi, dtype, where)
+    return items.astype(dtype)
 
 
 def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) -> np.ndarray:
@@ -57,11 +77,17 @@ def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) ->
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise RowTypeError(f"{where}: expected {expected}, got {_describe(value)}") from exc
+    if isinstance(value, (list, tuple)) and arr.dtype.kind in "fO":
+        # np.asarray guessed the dtype of Python numbers: float64 for an empty
+        # list, and for ints on both sides of 2**63.
+        if arr.size == 0:
+            return np.empty(arr.shape, dtype)
+        if arr.dtype.kind == "f" and dtype.kind in "iu":
+            exact = _exact_ints(value, dtype, where)
+            if exact is not None:
+                return exact
     if arr.dtype.kind not in _NUMBER_KINDS:
-        if arr.dtype.kind == "O" and arr.size == 0:
-            arr = arr.astype(dtype)
-        else:
-            raise RowTypeError(f"{where}: expected {expected}, got {_describe(value)}")
+        raise RowTypeError(f"{where}: expected {expected}, got {_describe(value)}")
     if arr.dtype.kind == "f" and dtype.kind in "iub":
         raise RowTypeError(
             f"{where}: expected {expected}, got floating point data ({arr.dtype}); "
@@ -139,16 +165,54 @@ class Field:
                 self.convert(values[bad], first_row + bad)  # raises the precise error
             parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
             return _concat(parts, self), np.fromiter(map(len, parts), np.int64, len(parts))
-        arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
         shape = self.element_shape
-        if arr.dtype.kind in _NUMBER_KINDS and arr.shape[1:] == shape:
-            where = _where(self.name, None) + f" (rows {first_row}..)"
-            _check_int_range(arr, self.dtype, where)
-            if arr.dtype.kind == "f" and self.dtype.kind in "iu":
-                raise RowTypeError(f"{where}: expected integers, got {arr.dtype}")
-            return np.ascontiguousarray(arr, dtype=self.dtype), None
+        arr = _column_array(values)
+        if (
+            arr is not None
+            and arr.ndim == 1 + len(shape)
+            and arr.shape[1:] == shape
+            and arr.dtype.kind in self._column_kinds()
+        ):
+            flat, bad = self._cast_column(arr)
+            if flat is not None:
+                return flat, None
+            self.convert(values[bad], first_row + bad)  # raises the precise error
+        # Values of several shapes or Python types: each row says what is wrong with it.
         parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
         return np.asarray(parts, dtype=self.dtype).reshape((len(parts), *shape)), None
+
+    def _column_kinds(self) -> str:
+        """Array kinds that :meth:`convert` accepts for every value of a fixed field."""
+        return "biuf" if self.dtype.kind == "f" else "biu"
+
+    def _cast_column(self, arr: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """Cast a fixed column; return (values, -1), or (None, its first bad row)."""
+        dtype = self.dtype
+        if (
+            dtype.kind in "iu"
+            and arr.size
+            and arr.dtype.kind in "iu"
+            and not np.can_cast(arr.dtype, dtype)
+        ):
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                return None, _first_row((arr < info.min) | (arr > info.max))
+        return np.ascontiguousarray(arr, dtype=dtype), -1
+
+
+def _column_array(values: Any) -> np.ndarray | None:
+    """A column as one array, or None if its values differ in shape."""
+    if isinstance(values, np.ndarray):
+        return values
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError):
+        return None
+
+
+def _first_row(mask: np.ndarray) -> int:
+    """Index of the first row of a column with a True in ``mask``."""
+    return int(np.argmax(mask.reshape(len(mask), -1).any(axis=1)))
 
 
 def _concat(parts: list[Any], field: Field) -> np.ndarray:
@@ -284,11 +348,12 @@ class _Scalar(Field):
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
             if not info.min <= value <= info.max:
-                raise RowError(
-                    f"{_where(self.name, row)}: value {int(value)} is out of range for "
-                    f"{self.dtype.name} [{info.min}, {info.max}]"
-                )
+                raise _range_error(value, self.dtype, _where(self.name, row))
         return value
+
+    def _column_kinds(self) -> str:
+        # Like convert: Python bools are ints, but not numbers for a float field.
+        return "iuf" if self.dtype.kind == "f" else "biu"
 
 
 class Integer(_Scalar):

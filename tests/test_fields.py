@@ -327,16 +327,9 @@ def test_sequences_convert_to_the_field_dtype(dtype):
         info = np.iinfo(dtype)
         edges = _convert(field, np.array([info.min, info.max], dtype))
         assert edges.tolist() == [info.min, info.max]
-        if dtype != "uint64":  # see the xfail test below
-            assert _convert(field, [int(info.min), int(info.max)]).tolist() == edges.tolist()
+        assert _convert(field, [int(info.min), int(info.max)]).tolist() == edges.tolist()
 
 
-@pytest.mark.xfail(
-    reason="fields._as_numeric_array and Field.convert_column build arrays with "
-    "np.asarray(list): Python ints below and above 2**63 together become float64, so valid "
-    "uint64 values given as a list are refused as 'floating point data'",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["sequence", "array", "integer-column"])
 def test_uint64_values_given_as_python_ints(how):
     values = [0, 2**64 - 1]
@@ -349,11 +342,6 @@ def test_uint64_values_given_as_python_ints(how):
     assert got.dtype == np.uint64 and got.tolist() == values
 
 
-@pytest.mark.xfail(
-    reason="fields._as_numeric_array: np.asarray([]) is float64, so an empty list or tuple "
-    "is refused by integer Sequence fields as 'floating point data'",
-    strict=True,
-)
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("empty", [[], ()], ids=["list", "tuple"])
 def test_empty_list_is_an_empty_integer_sequence(dtype, empty):
@@ -446,12 +434,6 @@ def test_column_errors_name_field_and_row(field, values, message):
         field.convert_column(values, 10)
 
 
-@pytest.mark.xfail(
-    reason="fields.Field.convert_column: the whole-array path of fixed fields names only "
-    "'rows 10..' for out-of-range or float values, not the row, and np.asarray of values "
-    "of different shapes raises numpy's bare ValueError naming neither field nor row",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "field,values,message",
     [
@@ -470,11 +452,6 @@ def test_fixed_column_errors_name_the_row(field, values, message):
         field.convert_column(values, 10)
 
 
-@pytest.mark.xfail(
-    reason="fields.Field.convert_column accepts a bool column for a Float field (bool is "
-    "in _NUMBER_KINDS) although Float.convert refuses bool for a single row",
-    strict=True,
-)
 def test_column_refuses_what_a_single_row_refuses():
     with pytest.raises(RowTypeError):
         Float("x").convert(True, 0)
