@@ -8,6 +8,7 @@ writer. The names and constructor arguments of h5record 1.0.4 are kept.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -52,6 +53,54 @@ def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
             raise _range_error(lo if lo < info.min else hi, dtype, where)
 
 
+def _rounds_to_inf(dtype: np.dtype) -> float:
+    """The smallest magnitude that a float ``dtype`` rounds to inf."""
+    top = np.finfo(dtype).max
+    below = np.nextafter(top, dtype.type(0))
+    return float(top) + float(top - below) / 2
+
+
+# Narrower floats than float64, by itemsize. float64 needs no entry: a
+# Python float always fits it, and float() refuses ints that do not.
+_ROUNDS_TO_INF = {dt.itemsize: _rounds_to_inf(dt) for dt in map(np.dtype, ("<f2", "<f4"))}
+
+
+def _float_range_error(value: Any, dtype: np.dtype, where: str) -> RowError:
+    top = float(np.finfo(dtype).max)
+    return RowError(
+        f"{where}: expected a number in the {dtype.name} range [{-top:g}, {top:g}], "
+        f"got {_describe(value)}"
+    )
+
+
+def _fits_float(value: Any, dtype: np.dtype) -> bool:
+    """Whether a number stays finite as ``dtype``; inf and nan given as such fit."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int past the float64 range
+        return False
+    if math.isfinite(number):
+        return abs(number) < _ROUNDS_TO_INF.get(dtype.itemsize, math.inf)
+    return isinstance(value, float) or not np.isfinite(value)
+
+
+def _may_overflow(src: np.dtype, dst: np.dtype) -> bool:
+    """Whether casting ``src`` to the float ``dst`` can turn finite values into inf."""
+    if src.kind == "f":
+        return src.itemsize > dst.itemsize
+    if src.kind in "iu":
+        magnitude_bits = 8 * src.itemsize - (src.kind == "i")
+        return 2.0**magnitude_bits >= _ROUNDS_TO_INF.get(dst.itemsize, math.inf)
+    return False
+
+
+def _overflow_mask(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Where a finite value of ``arr`` becomes inf as the float ``dtype``."""
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype)
+    return np.isinf(cast) & np.isfinite(arr)
+
+
 def _exact_ints(value: Any, dtype: np.dtype, where: str) -> np.ndarray | None:
     """Python ints on both sides of 2**63, converted exactly; None if not all ints.
 
@@ -93,6 +142,13 @@ def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) ->
             f"{where}: expected {expected}, got floating point data ({arr.dtype}); "
             "round and cast it first"
         )
+    if dtype.kind == "f" and _may_overflow(arr.dtype, dtype):
+        try:
+            with np.errstate(over="raise"):
+                return arr.astype(dtype)
+        except FloatingPointError as exc:
+            bad = arr[_overflow_mask(arr, dtype)][0]
+            raise _float_range_error(bad.item(), dtype, where) from exc
     _check_int_range(arr, dtype, where)
     return arr.astype(dtype, copy=False)
 
@@ -188,12 +244,14 @@ class Field:
     def _cast_column(self, arr: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Cast a fixed column; return (values, -1), or (None, its first bad row)."""
         dtype = self.dtype
-        if (
-            dtype.kind in "iu"
-            and arr.size
-            and arr.dtype.kind in "iu"
-            and not np.can_cast(arr.dtype, dtype)
-        ):
+        if dtype.kind == "f":
+            if _may_overflow(arr.dtype, dtype):
+                try:
+                    with np.errstate(over="raise"):
+                        return arr.astype(dtype, order="C"), -1
+                except FloatingPointError:
+                    return None, _first_row(_overflow_mask(arr, dtype))
+        elif arr.size and arr.dtype.kind in "iu" and not np.can_cast(arr.dtype, dtype):
             info = np.iinfo(dtype)
             if arr.min() < info.min or arr.max() > info.max:
                 return None, _first_row((arr < info.min) | (arr > info.max))
@@ -349,6 +407,8 @@ class _Scalar(Field):
             info = np.iinfo(self.dtype)
             if not info.min <= value <= info.max:
                 raise _range_error(value, self.dtype, _where(self.name, row))
+        elif not _fits_float(value, self.dtype):
+            raise _float_range_error(value, self.dtype, _where(self.name, row))
         return value
 
     def _column_kinds(self) -> str:

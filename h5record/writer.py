@@ -337,6 +337,13 @@ class H5Writer:
             tuple(f.convert for f in self._fields),
             [c.rows for c in self._columns],
         )
+        # The packer buffers Python ints and floats of float fields as they are;
+        # those beyond the dtype's largest finite value need convert's check.
+        self._float_sinks = [
+            (column.rows, float(np.finfo(field.dtype).max), field.convert)
+            for field, column in zip(self._fields, self._columns, strict=True)
+            if _pack_code(field) == PACK_FLOAT
+        ]
         self._pending_rows = 0
         self._pending_bytes = 0
         self._bar = _progress_bar(progress, total, self.path)
@@ -373,6 +380,9 @@ class H5Writer:
                     f"got {type(row).__name__}"
                 )
             self._raise_key_error(row.keys(), self.num_rows)
+        for rows, limit, convert in self._float_sinks:
+            if abs(rows[-1]) > limit:  # nan compares False; convert accepts a given inf
+                self._check_packed(convert, rows[-1])
         self.num_rows += 1
         self._pending_rows += 1
         self._pending_bytes += nbytes
@@ -404,6 +414,15 @@ class H5Writer:
         self.num_rows += n
         self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
         self.flush()
+
+    def _check_packed(self, convert: Any, value: Any) -> None:
+        """Convert a value of the row just packed; if it is refused, unpack the row."""
+        try:
+            convert(value, self.num_rows)
+        except RowError:
+            for column in self._columns:
+                column.rows.pop()
+            raise
 
     def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
         keys = set(keys)

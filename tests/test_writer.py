@@ -453,12 +453,6 @@ def test_write_batch_columns_are_copied(tmp_path):
     assert [ds[i]["x"] for i in range(20)] == list(range(10)) + [-1] * 10
 
 
-@pytest.mark.xfail(
-    reason="fields._Scalar.convert accepts an int too large for a float (10**400) for a "
-    "Float field; the writer's flush then raises OverflowError at close() and the whole "
-    "file, every good row included, is discarded",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["write", "write_batch"])
 def test_int_too_large_for_a_float_field_is_a_row_error(tmp_path, how):
     path = tmp_path / "overflow.h5"
