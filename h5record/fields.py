@@ -119,7 +119,10 @@ def _exact_ints(value: Any, dtype: np.dtype, where: str) -> np.ndarray | None:
 
 
 def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) -> np.ndarray:
-    """Convert a value to an array of ``dtype`` refusing unsafe casts."""
+    """Convert a value to an array of ``dtype`` refusing unsafe casts.
+
+    The result may share memory with ``value``; see :func:`_own`.
+    """
     if value is None:
         raise RowTypeError(f"{where}: expected {expected}, got None")
     try:
@@ -151,6 +154,17 @@ def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) ->
             raise _float_range_error(bad.item(), dtype, where) from exc
     _check_int_range(arr, dtype, where)
     return arr.astype(dtype, copy=False)
+
+
+def _own(arr: np.ndarray, value: Any) -> np.ndarray:
+    """``arr``, copied if it may share memory with the caller's ``value``.
+
+    The writer buffers converted rows until its next flush: a caller that
+    refills one buffer for every row must not change the rows buffered.
+    """
+    if arr is value or arr.base is not None:
+        return arr.copy()
+    return arr
 
 
 class Field:
@@ -201,16 +215,21 @@ class Field:
         return int(self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64)))
 
     # -- conversion for the writer --------------------------------------
-    def convert(self, value: Any, row: int | None) -> Any:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> Any:
         """Check one value; return what the writer buffers.
 
         Variable fields return ``bytes`` or an array of elements; fixed
-        fields return an array of ``element_shape`` or a scalar.
+        fields return an array of ``element_shape`` or a scalar. An array
+        returned never shares memory with ``value`` unless ``copy`` is
+        False, for callers that copy it anyway.
         """
         raise NotImplementedError
 
     def convert_column(self, values: Any, first_row: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Check a whole column; return (flat values, lengths or None)."""
+        """Check a whole column; return (flat values, lengths or None).
+
+        The values returned may share memory with ``values``.
+        """
         if self.variable:
             if isinstance(self, (String, Bytes)):
                 from ._fast import join_text
@@ -219,7 +238,7 @@ class Field:
                 if bad < 0:
                     return flat, lengths
                 self.convert(values[bad], first_row + bad)  # raises the precise error
-            parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
+            parts = [self.convert(v, first_row + i, copy=False) for i, v in enumerate(values)]
             return _concat(parts, self), np.fromiter(map(len, parts), np.int64, len(parts))
         shape = self.element_shape
         arr = _column_array(values)
@@ -232,9 +251,9 @@ class Field:
             flat, bad = self._cast_column(arr)
             if flat is not None:
                 return flat, None
-            self.convert(values[bad], first_row + bad)  # raises the precise error
+            self.convert(values[bad], first_row + bad, copy=False)  # raises the precise error
         # Values of several shapes or Python types: each row says what is wrong with it.
-        parts = [self.convert(v, first_row + i) for i, v in enumerate(values)]
+        parts = [self.convert(v, first_row + i, copy=False) for i, v in enumerate(values)]
         return np.asarray(parts, dtype=self.dtype).reshape((len(parts), *shape)), None
 
     def _column_kinds(self) -> str:
@@ -295,7 +314,7 @@ class String(Field):
     def __init__(self, name: str = "string", compression: Any = None) -> None:
         super().__init__(name, compression)
 
-    def convert(self, value: Any, row: int | None) -> bytes:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> bytes:
         if not isinstance(value, str):
             raise RowTypeError(f"{_where(self.name, row)}: expected str, got {_describe(value)}")
         try:
@@ -317,7 +336,7 @@ class Bytes(Field):
     def __init__(self, name: str = "bytes", compression: Any = None) -> None:
         super().__init__(name, compression)
 
-    def convert(self, value: Any, row: int | None) -> bytes:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> bytes:
         if isinstance(value, bytes):
             return value
         if isinstance(value, (bytearray, memoryview)):
@@ -357,14 +376,14 @@ class Sequence(Field):
     def _extra_json(self) -> dict[str, Any]:
         return {"dtype": self.dtype.str}
 
-    def convert(self, value: Any, row: int | None) -> np.ndarray:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == self.dtype and value.ndim == 1:
-            return value  # already exactly what is stored
+            return value.copy() if copy else value  # already exactly what is stored
         where = _where(self.name, row)
         arr = _as_numeric_array(value, self.dtype, where, f"a 1-D sequence of {self.dtype.name}")
         if arr.ndim != 1:
             raise RowError(f"{where}: expected a 1-D sequence, got shape {arr.shape}")
-        return arr
+        return _own(arr, value) if copy else arr
 
 
 class FloatSequence(Sequence):
@@ -394,7 +413,7 @@ class Float16Sequence(Sequence):
 class _Scalar(Field):
     python_type: ClassVar[type] = int
 
-    def convert(self, value: Any, row: int | None) -> Any:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> Any:
         ok = (int, np.integer) if self.dtype.kind in "iu" else (int, float, np.integer, np.floating)
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value[()]
@@ -473,15 +492,15 @@ class Array(Field):
     def _extra_json(self) -> dict[str, Any]:
         return {"shape": list(self.element_shape), "dtype": self.dtype.str}
 
-    def convert(self, value: Any, row: int | None) -> np.ndarray:
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
         where = _where(self.name, row)
         arr = _as_numeric_array(value, self.dtype, where, f"an array of shape {self.element_shape}")
         if arr.shape != self.element_shape:
             raise RowError(f"{where}: expected shape {self.element_shape}, got {arr.shape}")
-        return arr
+        return _own(arr, value) if copy else arr
 
 
-def _image_array(field: Field, value: Any, row: int | None, frames: bool) -> np.ndarray:
+def _image_array(field: Field, value: Any, row: int | None, frames: bool, copy: bool) -> np.ndarray:
     c, h, w = field.chw  # type: ignore[attr-defined]
     where = _where(field.name, row)
     what = "(t, c, h, w)" if frames else "(c, h, w)"
@@ -489,11 +508,13 @@ def _image_array(field: Field, value: Any, row: int | None, frames: bool) -> np.
     tail = arr.shape[1:] if frames else arr.shape
     if (frames and arr.ndim != 4) or (not frames and arr.ndim != 3):
         raise RowError(f"{where}: expected an array {what} = {(c, h, w)}, got shape {arr.shape}")
-    if tail == (c, h, w):
-        return arr
-    if tail == (h, w, c):  # channel-last input, as PIL gives it
-        return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
-    raise RowError(f"{where}: expected image shape {(c, h, w)} (or {(h, w, c)}), got {tail}")
+    if tail != (c, h, w):
+        if tail != (h, w, c):
+            raise RowError(
+                f"{where}: expected image shape {(c, h, w)} (or {(h, w, c)}), got {tail}"
+            )
+        arr = np.ascontiguousarray(np.moveaxis(arr, -1, -3))  # channel-last, as PIL gives it
+    return _own(arr, value) if copy else arr
 
 
 class Image(Field):
@@ -510,8 +531,8 @@ class Image(Field):
     def _extra_json(self) -> dict[str, Any]:
         return {"shape": list(self.chw)}
 
-    def convert(self, value: Any, row: int | None) -> np.ndarray:
-        return _image_array(self, value, row, frames=False)
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
+        return _image_array(self, value, row, frames=False, copy=copy)
 
     def read_image(self, filename: str, resize: bool = True) -> np.ndarray:
         """Read an image file with Pillow into a (c, h, w) uint8 array."""
@@ -533,8 +554,8 @@ class ImageSequence(Field):
     def _extra_json(self) -> dict[str, Any]:
         return {"shape": list(self.chw)}
 
-    def convert(self, value: Any, row: int | None) -> np.ndarray:
-        return _image_array(self, value, row, frames=True)
+    def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
+        return _image_array(self, value, row, frames=True, copy=copy)
 
     def read_gif(self, filename: str, resize: bool = True) -> np.ndarray:
         """Read every frame of an animated image with Pillow into (t, c, h, w) uint8."""

@@ -203,11 +203,13 @@ class _ZstdColumn:
             _append(self.blocks, self.written + np.cumsum(sizes))
             self.written += len(frames)
         if whole < n:  # carry the rows of an unfinished block into the next flush
+            # As copies: flat may be the caller's write_batch column, which the
+            # caller is free to change once write_batch returns.
             if offsets is not None:
-                rest = flat[int(offsets[whole]) :]
-                self.parts.append((rest, lengths[whole:]))
+                rest = flat[int(offsets[whole]) :].copy()
+                self.parts.append((rest, lengths[whole:].copy()))
             else:
-                self.parts.append((flat[whole:], None))
+                self.parts.append((flat[whole:].copy(), None))
             self.pending_bytes = self.parts[0][0].nbytes
         else:
             self.pending_bytes = 0

@@ -416,12 +416,6 @@ def test_write_batch_is_checked_whole_before_writing(tmp_path, monkeypatch):
     assert _labels(path) == [9]
 
 
-@pytest.mark.xfail(
-    reason="writer.H5Writer.write buffers the caller's own array (Sequence.convert returns "
-    "it as is; Array and Image convert with astype(copy=False)) until the next flush, so "
-    "refilling one buffer for every row stores the last contents in every buffered row",
-    strict=True,
-)
 def test_rows_are_copied_when_written(tmp_path):
     path = tmp_path / "reuse.h5"
     schema = [Sequence("s"), Array("a", (2,), "float32"), Image(2, 2, 1, name="im")]
@@ -436,12 +430,6 @@ def test_rows_are_copied_when_written(tmp_path):
     assert [int(ds[i]["im"].max()) for i in range(4)] == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(
-    reason="writer._ZstdColumn.flush carries the rows of an unfinished block as a view of "
-    "the caller's array (convert_column and _join do not copy), so changing the array after "
-    "write_batch changes rows already written",
-    strict=True,
-)
 def test_write_batch_columns_are_copied(tmp_path):
     path = tmp_path / "reuse.h5"
     column = np.arange(10, dtype=np.int64)
