@@ -35,6 +35,7 @@ class RowPacker:
         codes: list[int],
         lo: list[int],
         hi: list[int],
+        fmax: list[float],
         converters: tuple[Callable[[Any, int], Any], ...],
         sinks: list[list[Any]],
     ) -> None: ...

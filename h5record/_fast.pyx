@@ -11,10 +11,11 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdint cimport int8_t, int16_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
-from libc.math cimport INFINITY, NAN, ldexp
+from libc.math cimport INFINITY, NAN, ldexp, fabs, isinf
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8String
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 
@@ -1008,8 +1009,9 @@ cdef class RowPacker:
     """Convert rows for the writer and append each field's value to a sink list.
 
     ``codes[k]`` says how field ``k`` is converted (PACK_*), ``lo``/``hi``
-    bound PACK_INT values, and ``converters[k](value, index)`` handles
-    everything off the fast paths, raising the descriptive error.
+    bound PACK_INT values, ``fmax`` is the largest finite value of PACK_FLOAT
+    fields, and ``converters[k](value, index)`` handles everything off the
+    fast paths, raising the descriptive error.
     """
 
     cdef tuple names
@@ -1018,19 +1020,22 @@ cdef class RowPacker:
     cdef int* codes
     cdef int64_t* lo
     cdef int64_t* hi
+    cdef double* fmax
     cdef Py_ssize_t n
 
-    def __cinit__(self, tuple names, codes, lo, hi, tuple converters, list sinks):
+    def __cinit__(self, tuple names, codes, lo, hi, fmax, tuple converters, list sinks):
         self.n = len(names)
         self.codes = <int*>malloc(max(self.n, 1) * sizeof(int))
         self.lo = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
         self.hi = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
-        if not (self.codes and self.lo and self.hi):
+        self.fmax = <double*>malloc(max(self.n, 1) * sizeof(double))
+        if not (self.codes and self.lo and self.hi and self.fmax):
             raise MemoryError()
         for k in range(self.n):
             self.codes[k] = codes[k]
             self.lo[k] = lo[k]
             self.hi[k] = hi[k]
+            self.fmax[k] = fmax[k]
         self.names = names
         self.converters = converters
         self.sinks = sinks
@@ -1039,6 +1044,7 @@ cdef class RowPacker:
         free(self.codes)
         free(self.lo)
         free(self.hi)
+        free(self.fmax)
 
     def pack(self, object row, int64_t index):
         """Convert one row; append to the sinks only if every field converts.
@@ -1051,6 +1057,7 @@ cdef class RowPacker:
         cdef int64_t nbytes = 0
         cdef long long as_int
         cdef int overflow, code
+        cdef double d
         if type(row) is not dict or len(<dict>row) != n:
             return -1
         cdef list converted = PyList_New(n)
@@ -1065,7 +1072,17 @@ cdef class RowPacker:
                 except UnicodeEncodeError:
                     out = self.converters[k](value, index)  # raises the error
                 nbytes += len(<bytes>out)
-            elif code == PACK_FLOAT and (type(value) is float or type(value) is int):
+            elif code == PACK_FLOAT and type(value) is float:
+                # Beyond the dtype's range (not a given inf): convert raises.
+                d = PyFloat_AS_DOUBLE(value)
+                if fabs(d) > self.fmax[k] and not isinf(d):
+                    self.converters[k](value, index)
+                out = value
+                nbytes += 8
+            elif code == PACK_FLOAT and type(value) is int:
+                as_int = PyLong_AsLongLongAndOverflow(value, &overflow)
+                if overflow or fabs(<double>as_int) > self.fmax[k]:
+                    self.converters[k](value, index)
                 out = value
                 nbytes += 8
             elif code == PACK_INT and type(value) is int:

@@ -162,7 +162,10 @@ class _ZstdColumn:
             self.plain = _Column(self.group, self.field, {"id": spec.CODEC_NONE}, self.chunk_bytes)
             return
         self.values = _resizable(self.group, spec.VALUES, "u1", self.chunk_bytes)
-        self.blocks = _resizable(self.group, spec.BLOCKS, "<i8", self.chunk_bytes, first=0)
+        # The block index is small (8 bytes a block): smaller chunks waste less of
+        # the file in the last, partly filled chunk.
+        index_chunk = max(4096, self.chunk_bytes // 8)
+        self.blocks = _resizable(self.group, spec.BLOCKS, "<i8", index_chunk, first=0)
         if self.encoder.dictionary is not None:
             self.group.create_dataset(
                 spec.DICTIONARY, data=np.frombuffer(self.encoder.dictionary, np.uint8)
@@ -336,16 +339,10 @@ class H5Writer:
             [_pack_code(f) for f in self._fields],
             [_int_bounds(f)[0] for f in self._fields],
             [_int_bounds(f)[1] for f in self._fields],
+            [_float_max(f) for f in self._fields],
             tuple(f.convert for f in self._fields),
             [c.rows for c in self._columns],
         )
-        # The packer buffers Python ints and floats of float fields as they are;
-        # those beyond the dtype's largest finite value need convert's check.
-        self._float_sinks = [
-            (column.rows, float(np.finfo(field.dtype).max), field.convert)
-            for field, column in zip(self._fields, self._columns, strict=True)
-            if _pack_code(field) == PACK_FLOAT
-        ]
         self._pending_rows = 0
         self._pending_bytes = 0
         self._bar = _progress_bar(progress, total, self.path)
@@ -382,9 +379,6 @@ class H5Writer:
                     f"got {type(row).__name__}"
                 )
             self._raise_key_error(row.keys(), self.num_rows)
-        for rows, limit, convert in self._float_sinks:
-            if abs(rows[-1]) > limit:  # nan compares False; convert accepts a given inf
-                self._check_packed(convert, rows[-1])
         self.num_rows += 1
         self._pending_rows += 1
         self._pending_bytes += nbytes
@@ -416,15 +410,6 @@ class H5Writer:
         self.num_rows += n
         self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
         self.flush()
-
-    def _check_packed(self, convert: Any, value: Any) -> None:
-        """Convert a value of the row just packed; if it is refused, unpack the row."""
-        try:
-            convert(value, self.num_rows)
-        except RowError:
-            for column in self._columns:
-                column.rows.pop()
-            raise
 
     def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
         keys = set(keys)
@@ -550,6 +535,11 @@ def _int_bounds(field: Field) -> tuple[int, int]:
         info = np.iinfo(field.dtype)
         return max(int(info.min), -(2**63)), min(int(info.max), 2**63 - 1)
     return 0, 0
+
+
+def _float_max(field: Field) -> float:
+    """Largest finite value of a float field packed as is (PACK_FLOAT), else 0."""
+    return float(np.finfo(field.dtype).max) if _pack_code(field) == PACK_FLOAT else 0.0
 
 
 def _join_rows(rows: list[Any], field: Field) -> np.ndarray:

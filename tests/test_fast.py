@@ -570,7 +570,7 @@ def test_join_text_equals_oracle(values, text):
 
 
 def _packer(fields):
-    from h5record.writer import _int_bounds, _pack_code
+    from h5record.writer import _float_max, _int_bounds, _pack_code
 
     sinks = [[] for _ in fields]
     packer = _fast.RowPacker(
@@ -578,6 +578,7 @@ def _packer(fields):
         [_pack_code(f) for f in fields],
         [_int_bounds(f)[0] for f in fields],
         [_int_bounds(f)[1] for f in fields],
+        [_float_max(f) for f in fields],
         tuple(f.convert for f in fields),
         sinks,
     )
@@ -585,9 +586,17 @@ def _packer(fields):
 
 
 def _pack_fields():
-    from h5record import Bytes, Float
+    from h5record import Bytes, Float, Float16
 
-    return [String("s"), Integer("i", dtype="int8"), Float("f"), Bytes("b"), Sequence("q")]
+    return [
+        String("s"),
+        Integer("i", dtype="int8"),
+        Float("f"),
+        Float16("h"),
+        Float("g", dtype="float32"),
+        Bytes("b"),
+        Sequence("q"),
+    ]
 
 
 _pack_rows = st.fixed_dictionaries(
@@ -595,6 +604,9 @@ _pack_rows = st.fixed_dictionaries(
         "s": st.one_of(small_text, st.just("\ud800"), st.integers()),
         "i": st.one_of(st.integers(-200, 200), st.floats(), st.booleans()),
         "f": st.one_of(st.floats(), st.integers(-(2**70), 2**70), st.text(max_size=1)),
+        # Around the float16 and float32 limits: inside, at the edge, beyond.
+        "h": st.one_of(st.floats(), st.integers(-70_000, 70_000), st.sampled_from([65519, 65520])),
+        "g": st.one_of(st.floats(), st.integers(-(2**130), 2**130), st.just(1e39)),
         "b": st.one_of(st.binary(max_size=4), st.text(max_size=2)),
         "q": st.one_of(st.lists(st.integers(-5, 5), min_size=1, max_size=3), st.just("x")),
     }
@@ -631,11 +643,11 @@ def test_row_packer_equals_field_convert(rows):
 
 def test_row_packer_refuses_rows_that_are_not_exact_dicts():
     packer, sinks = _packer(_pack_fields())
-    good = {"s": "a", "i": 1, "f": 1.0, "b": b"", "q": [1]}
+    good = {"s": "a", "i": 1, "f": 1.0, "h": 2.0, "g": 3, "b": b"", "q": [1]}
     assert packer.pack(good, 0) > 0
-    for bad in ({**good, "extra": 1}, {"s": "a"}, [1, 2, 3, 4, 5], None):
+    for bad in ({**good, "extra": 1}, {"s": "a"}, list(range(len(good))), None):
         assert packer.pack(bad, 1) == -1
     renamed = dict(good)
     renamed["z"] = renamed.pop("q")
     assert packer.pack(renamed, 1) == -1
-    assert [len(s) for s in sinks] == [1] * 5
+    assert [len(s) for s in sinks] == [1] * len(sinks)
