@@ -53,7 +53,7 @@ SCHEMAS: dict[str, list] = {
 }
 
 ZSTD_RA = "h5record zstd (random access)"
-ZSTD_SF = "h5record zstd (size first, 16 KiB)"
+ZSTD_SF = "h5record zstd (size first, 2 KiB)"
 NONE = "h5record none"
 
 
@@ -370,7 +370,7 @@ def compression(
     variants: list[tuple[str, Any, Any]] = [
         ("h5record none", None, None),
         ("h5record zstd (random access)", "zstd", None),
-        ("h5record zstd (size first, 16 KiB)", codecs.zstd(level=3, block_bytes=16 << 10), None),
+        (ZSTD_SF, codecs.zstd(level=3, block_bytes=2 << 10), None),
         ("h5record lzf", "lzf", None),
         ("h5record gzip", "gzip", None),
         ("(a) 1.0.4 layout lzf", None, "lzf"),

@@ -52,6 +52,14 @@ def parse(value: Any, field: str | None = None) -> dict[str, Any]:
             raise SchemaError(f"{where}zstd block_bytes must be an int in 1..2**30, got {block!r}")
         if codec.get("dictionary") not in (None, True, False):
             raise SchemaError(f"{where}zstd dictionary must be True, False or None")
+        dict_bytes = codec.get("dictionary_bytes")
+        if dict_bytes is not None and (
+            not isinstance(dict_bytes, int) or not 256 <= dict_bytes <= ZSTD_MAX_DICT_BYTES
+        ):
+            raise SchemaError(
+                f"{where}zstd dictionary_bytes must be None or an int in "
+                f"256..{ZSTD_MAX_DICT_BYTES}, got {dict_bytes!r}"
+            )
     elif set(codec) - {"id", "requested"}:
         raise SchemaError(f"{where}codec {cid!r} takes no parameters, got {codec!r}")
     return codec
@@ -73,7 +81,17 @@ def hdf5_filter(codec: dict[str, Any]) -> dict[str, Any]:
 ZSTD_BLOCK_BYTES = 256
 # A dictionary pays off only for small blocks, and needs enough samples.
 ZSTD_DICT_MAX_BLOCK = 64 << 10
-ZSTD_DICT_BYTES = 112 << 10
+# Default dictionary size, at most an eighth of the sample it is trained on.
+# Measured on the benchmark's real English sentences: for blocks of a few
+# hundred bytes, whose decoding is dominated by lookups in the dictionary, a
+# 1 MiB dictionary made random reads ~15% slower than 112 KiB (which stays in
+# L2 cache) for a 8% smaller file; for blocks of 2 KiB and more it costs no
+# speed and makes the file ~10% smaller. On text without repeated sentences
+# the larger dictionary gains only ~2%. Readers hold one dictionary per field.
+ZSTD_DICT_BYTES_SMALL_BLOCKS = 112 << 10
+ZSTD_DICT_BYTES = 1 << 20
+ZSTD_LARGE_BLOCK = 1 << 10
+ZSTD_MAX_DICT_BYTES = 16 << 20
 ZSTD_MIN_DICT_SAMPLES = 64
 # Store a field raw when zstd saves less than this fraction (JPEG, PNG, ...).
 INCOMPRESSIBLE_RATIO = 0.9
@@ -83,6 +101,7 @@ def zstd(
     level: int = DEFAULT_ZSTD_LEVEL,
     block_bytes: int = ZSTD_BLOCK_BYTES,
     dictionary: bool | None = None,
+    dictionary_bytes: int | None = None,
 ) -> dict[str, Any]:
     """A zstd codec config.
 
@@ -96,6 +115,11 @@ def zstd(
     dictionary:
         Train a zstd dictionary on the first rows and compress every block
         with it; ``None`` decides by block size.
+    dictionary_bytes:
+        Size of the trained dictionary; ``None`` picks up to 112 KiB for
+        blocks under 1 KiB and up to 1 MiB for larger blocks, as the
+        sample allows. Larger dictionaries help data whose rows
+        share content; readers keep one per field in memory.
     """
     return parse(
         {
@@ -103,6 +127,7 @@ def zstd(
             "level": level,
             "block_bytes": block_bytes,
             "dictionary": dictionary,
+            "dictionary_bytes": dictionary_bytes,
         }
     )
 
@@ -123,6 +148,7 @@ class ZstdBlockEncoder:
         self.level = int(codec.get("level", DEFAULT_ZSTD_LEVEL))
         self.block_bytes = int(codec.get("block_bytes") or ZSTD_BLOCK_BYTES)
         self.want_dictionary = codec.get("dictionary")
+        self.dictionary_bytes = codec.get("dictionary_bytes")
         self.element_bytes = element_bytes
         self.variable = variable
         self.rows_per_block = 1
@@ -192,7 +218,12 @@ class ZstdBlockEncoder:
             use_dict = self.rows_per_block * per_row <= ZSTD_DICT_MAX_BLOCK
         if use_dict and len(segments) >= ZSTD_MIN_DICT_SAMPLES:
             samples = [raw[int(s) : int(s) + int(z)].tobytes() for s, z in segments]
-            size = int(min(ZSTD_DICT_BYTES, max(4096, raw.nbytes // 16)))
+            cap = (
+                ZSTD_DICT_BYTES
+                if self.rows_per_block * per_row >= ZSTD_LARGE_BLOCK
+                else ZSTD_DICT_BYTES_SMALL_BLOCKS
+            )
+            size = self.dictionary_bytes or int(min(cap, max(4096, raw.nbytes // 8)))
             try:
                 trained = self._zstd.train_dictionary(
                     size, samples, k=64, d=8, level=self.level, threads=self.threads

@@ -153,6 +153,24 @@ def test_small_records_get_a_dictionary(tmp_path):
     assert [ds[i]["text"] for i in range(0, 5000, 7)] == cols["text"][::7]
 
 
+@pytest.mark.parametrize(
+    "codec,limit",
+    [
+        ("zstd", codecs.ZSTD_DICT_BYTES_SMALL_BLOCKS),  # small blocks: a small dictionary
+        (codecs.zstd(block_bytes=2048, dictionary_bytes=8192), 8192),  # as asked
+    ],
+)
+def test_dictionary_size(tmp_path, codec, limit):
+    path = tmp_path / "d.h5"
+    cols = _rows(20000)
+    with H5Writer(path, [String("text")], compression=codec, progress=False) as w:
+        w.write_batch({"text": cols["text"]})
+    with h5py.File(path) as f:
+        assert 0 < f["fields/text/dictionary"].shape[0] <= limit
+    ds = H5Dataset(path)
+    assert list(ds[0:20000:13].column("text")) == cols["text"][::13]
+
+
 def _decode_with_spec_only(path, name: str) -> list[bytes]:
     """Every row of a variable zstd field, using h5py, zstandard and FORMAT.md only."""
     out = []

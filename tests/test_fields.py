@@ -180,7 +180,11 @@ def test_codec_helper():
         "level": 5,
         "block_bytes": 4096,
         "dictionary": None,
+        "dictionary_bytes": None,
     }
+    for bad in (0, 255, 1.5, "big", codecs.ZSTD_MAX_DICT_BYTES + 1):
+        with pytest.raises(SchemaError, match="dictionary_bytes"):
+            codecs.zstd(dictionary_bytes=bad)
     assert codecs.parse(("gzip", 2)) == {"id": "gzip", "level": 2}
     assert codecs.parse("gzip") == {"id": "gzip", "level": codecs.DEFAULT_GZIP_LEVEL}
     assert codecs.parse(None) == {"id": "none"}
