@@ -551,16 +551,35 @@ cdef class Decoder:
                 memcpy(<uint8_t*>cnp.PyArray_DATA(arr) + j * eb, ptr, eb)
             return arr
         # Variable: gather row by row into a growing buffer (blocks decompress once each
-        # for sorted or clustered indices thanks to the one-block cache).
+        # for sorted or clustered indices thanks to the one-block cache), then copy
+        # once into the array.
         offsets = np.empty(n + 1, np.int64)
         cdef int64_t[::1] of = offsets
-        parts = bytearray()
+        cdef int64_t cap = 0, used = 0, want
+        cdef uint8_t* buf = NULL
+        cdef uint8_t* grown
         of[0] = 0
-        for j in range(n):
-            self._span(k, idx[j], &ptr, &nelem)
-            parts += PyBytes_FromStringAndSize(<const char*>ptr, nelem * eb)
-            of[j + 1] = of[j] + nelem
-        flat = np.frombuffer(parts, self.dtypes[k]).reshape((-1,) + shape)
+        try:
+            for j in range(n):
+                self._span(k, idx[j], &ptr, &nelem)
+                want = used + nelem * eb
+                if want > cap:
+                    cap = max(want, 2 * cap, 4096)
+                    grown = <uint8_t*>realloc(buf, cap)
+                    if grown == NULL:
+                        raise MemoryError()
+                    buf = grown
+                memcpy(buf + used, ptr, nelem * eb)
+                used = want
+                of[j + 1] = of[j] + nelem
+            dims[0] = of[n]
+            for d in range(len(shape)):
+                dims[d + 1] = shape[d]
+            flat = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
+            if used:
+                memcpy(cnp.PyArray_DATA(flat), buf, used)
+        finally:
+            free(buf)
         return flat, offsets
 
     cdef inline int64_t _check_row(self, int64_t i) except -1:

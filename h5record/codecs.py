@@ -111,7 +111,7 @@ def zstd(
         zstd compression level.
     block_bytes:
         Raw bytes per block of rows. Small (the default, 256 bytes) keeps
-        random access fast; 16-64 KiB gives a smaller file.
+        random access fast; 2 KiB and more give a smaller file.
     dictionary:
         Train a zstd dictionary on the first rows and compress every block
         with it; ``None`` decides by block size.

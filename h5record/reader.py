@@ -10,6 +10,7 @@ gzip) are read through h5py by :class:`H5Column`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import operator
 import os
@@ -366,6 +367,10 @@ def read_hdf5(dset: h5py.Dataset, sel: Any, where: str, out: np.ndarray | None =
     raise FormatError(f"{where}: HDF5 cannot read the data ({error}); the file is damaged")
 
 
+# Rows of a filtered field fewer than this apart are read in one run.
+RUN_GAP = 32
+
+
 class H5Column:
     """Read one filtered field through h5py (the slow path for lzf/gzip)."""
 
@@ -390,31 +395,54 @@ class H5Column:
         return self._values, self._offsets
 
     def value(self, i: int) -> Any:
+        return self._run(i, i + 1)[0]
+
+    def _run(self, start: int, stop: int) -> list[Any]:
+        """Rows ``start..stop-1`` with one or two HDF5 reads."""
         with HDF5_LOCK:
             values, offsets = self._datasets()
-            where = f"{self.path}: field {self.field.name!r}, row {i}"
+            where = f"{self.path}: field {self.field.name!r}, row {start}"
             if offsets is None:
-                arr = read_hdf5(values, i, where)
+                arr = read_hdf5(values, np.s_[start:stop], where)
                 if self.kind == KIND_SCALAR:
-                    return arr.item()
-                return arr
-            o0, o1 = (int(x) for x in read_hdf5(offsets, np.s_[i : i + 2], where))
+                    return arr.tolist()
+                return list(arr)
+            bounds = read_hdf5(offsets, np.s_[start : stop + 1], where).astype(np.int64)
+            o0, o1 = int(bounds[0]), int(bounds[-1])
+            if len(bounds) != stop - start + 1 or np.any(np.diff(bounds) < 0):
+                raise FormatError(f"{where}: offsets out of order; the file is damaged")
             if not 0 <= o0 <= o1 <= values.shape[0]:
                 raise FormatError(f"{where}: offsets out of bounds; the file is damaged")
             data = read_hdf5(values, np.s_[o0:o1], where)
+        rel = (bounds - o0).tolist()
+        rows = [data[a:b] for a, b in itertools.pairwise(rel)]
         if self.kind == KIND_STRING:
             try:
-                return data.tobytes().decode("utf-8")
+                return [row.tobytes().decode("utf-8") for row in rows]
             except UnicodeDecodeError as exc:
-                raise FormatError(
-                    f"{self.path}: field {self.field.name!r}, row {i}: invalid UTF-8"
-                ) from exc
+                raise FormatError(f"{where}: invalid UTF-8; the file is damaged") from exc
         if self.kind == KIND_BYTES:
-            return data.tobytes()
-        return data
+            return [row.tobytes() for row in rows]
+        return [row.copy() for row in rows]  # not views that keep the whole run alive
 
     def column(self, idx: np.ndarray) -> Any:
-        items = [self.value(int(i)) for i in idx]
+        idx = np.asarray(idx, np.int64)
+        items: list[Any] = [None] * len(idx)
+        if not len(idx):
+            return self._assemble(items)
+        # Rows close together (a sequential scan, a sorted batch) are read as one
+        # run: each HDF5 read costs far more than the few rows read in between.
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        breaks = np.flatnonzero(np.diff(ordered) > RUN_GAP) + 1
+        for run in np.split(np.arange(len(idx)), breaks):
+            first = int(ordered[run[0]])
+            rows = self._run(first, int(ordered[run[-1]]) + 1)
+            for p in run.tolist():
+                items[order[p]] = rows[int(ordered[p]) - first]
+        return self._assemble(items)
+
+    def _assemble(self, items: list[Any]) -> Any:
         if self.kind in (KIND_STRING, KIND_BYTES):
             return items
         if self.kind == KIND_VARIABLE:

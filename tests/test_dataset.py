@@ -576,3 +576,23 @@ def test_damaged_filtered_chunk_is_a_format_error(tmp_path, compression, in_memo
     path = _filtered_file(tmp_path, compression)
     with pytest.raises(FormatError, match="field 't'"):
         H5Dataset(path, in_memory=in_memory)[0]
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip"])
+def test_filtered_batches_read_in_runs_equal_single_rows(tmp_path, compression):
+    path = tmp_path / f"{compression}.h5"
+    rows = [{"t": "é" * (i % 7), "s": np.arange(i % 5, dtype=np.int16), "x": i} for i in range(500)]
+    _write(path, [String("t"), Sequence("s", "int16"), Integer("x")], rows, compression=compression)
+    ds = H5Dataset(path)
+    # Clustered, far apart, repeated, unordered, and a whole sequential run.
+    for idx in ([5, 3, 4, 4, 400, 37, 6, 499, 0], list(range(100, 356)), [7]):
+        batch = ds[idx]
+        assert batch.column("t") == [rows[i]["t"] for i in idx]
+        np.testing.assert_array_equal(batch.column("x"), [rows[i]["x"] for i in idx])
+        flat, offsets = batch.column("s")
+        np.testing.assert_array_equal(flat, np.concatenate([rows[i]["s"] for i in idx]))
+        assert offsets.tolist() == [0, *np.cumsum([len(rows[i]["s"]) for i in idx]).tolist()]
+        for row, i in zip(batch, idx, strict=True):
+            single = ds[i]
+            assert row["t"] == single["t"] and row["x"] == single["x"]
+            np.testing.assert_array_equal(row["s"], single["s"])
