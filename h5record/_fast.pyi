@@ -39,6 +39,12 @@ class RowPacker:
         converters: tuple[Callable[[Any, int], Any], ...],
         sinks: list[list[Any]],
     ) -> None: ...
+    rows: int
+    pending_rows: int
+    pending_bytes: int
+    flush_rows: int
+    flush_bytes: int
+    def write(self, row: Any) -> int: ...
     def pack(self, row: Any, index: int) -> int: ...
 
 def pad_ragged(

@@ -1041,6 +1041,9 @@ cdef class RowPacker:
     cdef int64_t* hi
     cdef double* fmax
     cdef Py_ssize_t n
+    # Rows packed so far (the next row's index), and what the sinks hold unflushed.
+    cdef public int64_t rows, pending_rows, pending_bytes
+    cdef public int64_t flush_rows, flush_bytes
 
     def __cinit__(self, tuple names, codes, lo, hi, fmax, tuple converters, list sinks):
         self.n = len(names)
@@ -1058,6 +1061,8 @@ cdef class RowPacker:
         self.names = names
         self.converters = converters
         self.sinks = sinks
+        self.flush_rows = 1 << 62
+        self.flush_bytes = 1 << 62
 
     def __dealloc__(self):
         free(self.codes)
@@ -1065,7 +1070,23 @@ cdef class RowPacker:
         free(self.hi)
         free(self.fmax)
 
-    def pack(self, object row, int64_t index):
+    def write(self, object row):
+        """Pack ``row`` as row number ``rows`` and count it.
+
+        Returns -1 if ``row`` is not a dict with exactly the schema's keys,
+        1 when the buffered rows reach ``flush_rows`` or ``flush_bytes``,
+        else 0.
+        """
+        cdef int64_t nbytes = self.pack(row, self.rows)
+        if nbytes < 0:
+            return -1
+        self.rows += 1
+        self.pending_rows += 1
+        self.pending_bytes += nbytes
+        return 1 if (self.pending_rows >= self.flush_rows
+                     or self.pending_bytes >= self.flush_bytes) else 0
+
+    cpdef int64_t pack(self, object row, int64_t index) except -2:
         """Convert one row; append to the sinks only if every field converts.
 
         Returns the payload bytes added, or -1 if ``row`` is not a dict with

@@ -313,7 +313,7 @@ class H5Writer:
             prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder
         )
         os.close(fd)
-        self.num_rows = 0
+        self._packer: RowPacker | None = None
         self._closed = False
         try:
             self._file = h5py.File(self._tmp_path, "w")
@@ -345,11 +345,16 @@ class H5Writer:
             tuple(f.convert for f in self._fields),
             [c.rows for c in self._columns],
         )
-        self._pending_rows = 0
-        self._pending_bytes = 0
+        self._packer.flush_rows = FLUSH_ROWS
+        self._packer.flush_bytes = FLUSH_BYTES
         self._bar = _progress_bar(progress, total, self.path)
         self._start = time.perf_counter()
         self._bytes_written = 0
+
+    @property
+    def num_rows(self) -> int:
+        """Rows written so far, buffered ones included."""
+        return 0 if self._packer is None else self._packer.rows
 
     # -- context manager ------------------------------------------------
     def __enter__(self) -> H5Writer:
@@ -371,8 +376,11 @@ class H5Writer:
         """
         if self._closed:
             self._check_open()
-        nbytes = self._packer.pack(row, self.num_rows)
-        if nbytes < 0:
+        # The packer counts rows and buffered bytes, and says when to flush.
+        status = self._packer.write(row)
+        if status > 0:
+            self.flush()
+        elif status < 0:
             if isinstance(row, Mapping) and not isinstance(row, dict):
                 return self.write(dict(row))
             if not isinstance(row, Mapping):
@@ -381,11 +389,6 @@ class H5Writer:
                     f"got {type(row).__name__}"
                 )
             self._raise_key_error(row.keys(), self.num_rows)
-        self.num_rows += 1
-        self._pending_rows += 1
-        self._pending_bytes += nbytes
-        if self._pending_bytes >= FLUSH_BYTES or self._pending_rows >= FLUSH_ROWS:
-            self.flush()
 
     def write_batch(self, columns: Mapping[str, Any]) -> None:
         """Check and write many rows given column-wise.
@@ -409,8 +412,7 @@ class H5Writer:
         ]
         for column, (flat, lens) in zip(self._columns, converted, strict=True):
             column.append_many(flat, lens)
-        self.num_rows += n
-        self._pending_bytes += sum(flat.nbytes for flat, _ in converted)
+        self._packer.rows += n
         self.flush()
 
     def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
@@ -427,7 +429,7 @@ class H5Writer:
 
     def _flush_rows(self) -> None:
         """Turn per-row buffers into one column part per field."""
-        if not self._pending_rows:
+        if not self._packer.pending_rows:
             return
         for column in self._columns:
             rows = column.rows
@@ -442,7 +444,7 @@ class H5Writer:
                 lens = None
             rows.clear()  # the same list stays the row sink
             column.append_many(flat, lens)
-        self._pending_rows = 0
+        self._packer.pending_rows = 0
 
     def flush(self) -> None:
         """Write everything buffered to the file."""
@@ -453,7 +455,7 @@ class H5Writer:
             written += column.pending_bytes
             column.flush()
         self._bytes_written += written
-        self._pending_bytes = 0
+        self._packer.pending_bytes = 0
         if self._bar is not None:
             self._bar.n = self.num_rows
             elapsed = max(time.perf_counter() - self._start, 1e-9)

@@ -87,6 +87,9 @@ def test_many_flushes_one_pass(tmp_path, monkeypatch):
     with H5Writer(path, SCHEMA, progress=False, chunk_bytes=32) as w:
         for i in range(100):
             w.write(_row(i))
+            assert w.num_rows == i + 1
+            # Memory stays bounded: never more than FLUSH_ROWS rows buffered.
+            assert all(len(column.rows) < 7 for column in w._columns)
         w.write_batch(
             {
                 "text": [f"t{i}" for i in range(100, 150)],
