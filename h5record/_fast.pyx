@@ -704,8 +704,29 @@ cdef class Decoder:
 
     def rows_index(self, object index):
         """Normalise row indices to a checked int64 array (negatives wrap)."""
-        cdef cnp.ndarray[int64_t, ndim=1] idx = np.array(
-            _integer_indices(index), dtype=np.int64, copy=True).reshape(-1)
+        cdef cnp.ndarray[int64_t, ndim=1] idx
+        cdef int64_t j, n, v
+        cdef int overflow
+        cdef object item
+        if type(index) is list:
+            # What a DataLoader's batch sampler gives: a list of ints, read
+            # without building an intermediate array.
+            n = len(<list>index)
+            idx = np.empty(n, np.int64)
+            for j in range(n):
+                item = (<list>index)[j]
+                if type(item) is not int:
+                    break
+                v = PyLong_AsLongLongAndOverflow(item, &overflow)
+                if overflow:
+                    break
+                idx[j] = v
+            else:
+                return self._checked(idx)
+        idx = np.array(_integer_indices(index), dtype=np.int64, copy=True).reshape(-1)
+        return self._checked(idx)
+
+    cdef _checked(self, cnp.ndarray[int64_t, ndim=1] idx):
         cdef int64_t j, n = idx.shape[0], v
         for j in range(n):
             v = idx[j]
