@@ -126,15 +126,12 @@ def sequences(dtype: str, max_len: int = 20) -> st.SearchStrategy:
     dt = np.dtype(dtype)
     arrays = hnp.arrays(dt, st.integers(0, max_len), elements=elements(dt))
     forms = [arrays]
-    if dt != np.uint64:  # Python ints past 2**63 need an array: see test_fields' xfail tests
-        # A list of Python numbers (never empty: see the xfail test on empty lists).
-        lists = hnp.arrays(dt, st.integers(1, max_len), elements=elements(dt)).map(
-            lambda a: a.tolist()
-        )
-        forms += [lists, lists.map(tuple)]
+    # Lists of Python numbers, empty ones and uint64 values past 2**63 included.
+    lists = arrays.map(lambda a: a.tolist())
+    forms += [lists, lists.map(tuple)]
     if dt.kind == "f":
         forms.append(arrays.map(lambda a: a.astype(np.float64)))  # wider, same values
-    elif dt != np.uint64:
+    elif dt != np.uint64:  # int64 cannot hold every uint64
         forms.append(arrays.map(lambda a: a.astype(np.int64)))  # wider, in range
     return rarely(st.one_of(forms), seeds.map(lambda s: big_array(dt, s)))
 
@@ -142,8 +139,6 @@ def sequences(dtype: str, max_len: int = 20) -> st.SearchStrategy:
 def fixed_arrays(dtype: str, shape: tuple[int, ...]) -> st.SearchStrategy:
     dt = np.dtype(dtype)
     arrays = hnp.arrays(dt, shape, elements=elements(dt))
-    if dt == np.uint64:  # Python ints past 2**63 need an array: see test_fields' xfail tests
-        return arrays
     return arrays | arrays.map(lambda a: a.tolist())
 
 
@@ -248,7 +243,10 @@ def expected_value(field: Field, value):
         return bytes(value) if not isinstance(value, np.ndarray) else value.tobytes()
     if isinstance(field, (Integer, Float, Float16)):
         return int(value) if isinstance(field, Integer) else float(value)
-    arr = np.asarray(value)
+    if isinstance(value, (list, tuple)) and field.dtype.kind in "iu":
+        arr = np.array(value, dtype=field.dtype)  # exact: no detour through float64
+    else:
+        arr = np.asarray(value)
     if isinstance(field, (Image, ImageSequence)):
         if arr.shape[-3:] != tuple(field.chw):
             arr = np.moveaxis(arr, -1, -3)
