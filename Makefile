@@ -11,11 +11,11 @@ install:
 	$(PIP) install -q -e ".[torch,images,test,dev]"
 
 # The main job: write sample datasets, read them back through a DataLoader,
-# and print the benchmark table (about a minute).
+# and print the benchmark table (about five minutes on 2 cores).
 demo: install
 	$(PYTHON) -m benchmarks.run --quick
 
-# The full benchmark (several minutes, ~2 GB of temporary files).
+# The full benchmark (about 20 minutes on 2 cores, a few GB of temporary files).
 bench: install
 	$(PYTHON) -m benchmarks.run
 

@@ -522,7 +522,9 @@ def _loader_pss(ds: Any, ctx: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, about five minutes on 2 cores"
+    )
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
     parser.add_argument("--sections", default="core,compression,memory")
     parser.add_argument("--dir", default=None, help="folder for temporary files")
