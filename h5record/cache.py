@@ -73,7 +73,9 @@ def _plan(shapes: list[tuple[str, str, str, tuple[int, ...]]]) -> tuple[list[Slo
     return slots, pos
 
 
-def _array_shapes(layout: reader.FileLayout, decoded: dict[str, dict[str, np.ndarray]]):
+def _array_shapes(
+    layout: reader.FileLayout, decoded: dict[str, dict[str, np.ndarray]], compressed: bool
+):
     """(field, key, dtype, shape) of every array the cache will hold."""
     import h5py
 
@@ -87,6 +89,11 @@ def _array_shapes(layout: reader.FileLayout, decoded: dict[str, dict[str, np.nda
             if fld.name in decoded:
                 for key, arr in decoded[fld.name].items():
                     out.append((fld.name, key, arr.dtype.str, arr.shape))
+                continue
+            if compressed and fl.zstd is not None:
+                n_blocks, end = reader.zstd_extent(f, fl, n)
+                out.append((fld.name, spec.BLOCKS, "<i8", (n_blocks + 1,)))
+                out.append((fld.name, spec.VALUES, "|u1", (end,)))
                 continue
             if fld.variable:
                 end = int(f[spec.field_path(fld.name, spec.OFFSETS)][n]) if n else 0
@@ -155,12 +162,17 @@ class SharedCache:
         named: bool = False,
         progress: bool | None = None,
         limit: int | None = None,
+        compressed: bool = False,
     ) -> SharedCache:
-        """Load every field of ``layout`` into a new segment (or attach, if named)."""
+        """Load every field of ``layout`` into a new segment (or attach, if named).
+
+        With ``compressed``, zstd fields keep their frames and block index and
+        are decompressed on access instead of once at load.
+        """
         if named:
-            return _load_named(layout, progress, limit)
-        decoded = _decode_zstd(layout)
-        slots, size = _plan(_array_shapes(layout, decoded))
+            return _load_named(layout, progress, limit, compressed)
+        decoded = _decode_zstd(layout, compressed)
+        slots, size = _plan(_array_shapes(layout, decoded, compressed))
         _check(size, False, layout.path, limit)
         fd = os.memfd_create(f"h5record:{os.path.basename(layout.path)}", os.MFD_CLOEXEC)
         try:
@@ -223,7 +235,9 @@ def _from_dupfd(dupfd: Any, size: int, slots: list[Slot]) -> SharedCache:
     return SharedCache(dupfd.detach(), size, slots)
 
 
-def _decode_zstd(layout: reader.FileLayout) -> dict[str, dict[str, np.ndarray]]:
+def _decode_zstd(layout: reader.FileLayout, compressed: bool) -> dict[str, dict[str, np.ndarray]]:
+    if compressed:
+        return {}  # frames are copied from the file as they are
     fields = [fl for fl in layout.fields if fl.zstd is not None]
     return reader._decompress_fields(layout, fields) if fields else {}
 
@@ -279,10 +293,12 @@ def _bar(progress: bool | None, size: int, path: str) -> Any:
 # -- named segments (in_memory='node') ------------------------------------------
 
 
-def segment_name(path: str) -> str:
-    """A name derived from the file's identity: path, inode, size and mtime."""
+def segment_name(path: str, compressed: bool = False) -> str:
+    """A name derived from the file's identity (path, inode, size, mtime) and the cache kind."""
     st = os.stat(path)
     key = f"{os.path.realpath(path)}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    if compressed:
+        key += "|compressed"
     return NAME_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
@@ -290,8 +306,10 @@ def _lock_path(name: str) -> str:
     return os.path.join(SHM_DIR, name + ".lock")
 
 
-def _load_named(layout: reader.FileLayout, progress: bool | None, limit: int | None) -> SharedCache:
-    name = segment_name(layout.path)
+def _load_named(
+    layout: reader.FileLayout, progress: bool | None, limit: int | None, compressed: bool
+) -> SharedCache:
+    name = segment_name(layout.path, compressed)
     seg_path = os.path.join(SHM_DIR, name)
     lock_fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -304,11 +322,13 @@ def _load_named(layout: reader.FileLayout, progress: bool | None, limit: int | N
             if attached is None:
                 # New, or stale: a loader died before marking it ready.
                 os.ftruncate(fd, 0)
-                decoded = _decode_zstd(layout)
-                slots, size = _plan(_array_shapes(layout, decoded))
+                decoded = _decode_zstd(layout, compressed)
+                slots, size = _plan(_array_shapes(layout, decoded, compressed))
+                # The reaper starts first: it also removes the segment if the
+                # size check or the filling fails, or this process dies.
+                _start_reaper(name)
                 _check(size, True, layout.path, limit)
                 os.ftruncate(fd, size)
-                _start_reaper(name)  # before filling: it also cleans up if we die now
                 _fill(fd, size, slots, layout, decoded, progress)
                 _write_ready(fd, slots)
             else:

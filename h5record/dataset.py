@@ -44,6 +44,10 @@ class H5Dataset:
     cache_limit:
         Largest in-memory cache allowed, in bytes; a larger one raises
         :class:`~h5record.cache.SharedMemoryError` before loading.
+    cache_compressed:
+        With ``in_memory``, keep zstd fields compressed in memory and
+        decompress rows on access (for data that fits in RAM only
+        compressed); by default they are decompressed once at load.
 
     The h5record 1.0.4 form ``H5Dataset(schema, path, data_iter, ...)`` is
     accepted too: it writes ``path`` from ``data_iter`` when the file does
@@ -67,6 +71,7 @@ class H5Dataset:
         in_memory: bool | str | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         cache_limit: int | None = None,
+        cache_compressed: bool = False,
         **legacy_kwargs: Any,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -88,6 +93,7 @@ class H5Dataset:
         self._layout = reader.read_layout(self.path)
         self._stat = _stat(self.path)
         self.cache_limit = cache_limit
+        self.cache_compressed = bool(cache_compressed)
         self._arrays: dict[str, dict[str, np.ndarray]] | None = None
         self._cache: SharedCache | None = None
         self._decoder: Decoder | None = None
@@ -97,10 +103,13 @@ class H5Dataset:
 
     def _load_cache(self) -> None:
         if self.in_memory == "process":
-            self._arrays = reader.load_arrays(self._layout)
+            self._arrays = reader.load_arrays(self._layout, compressed=self.cache_compressed)
         elif self.in_memory:
             self._cache = SharedCache.load(
-                self._layout, named=self.in_memory == "node", limit=self.cache_limit
+                self._layout,
+                named=self.in_memory == "node",
+                limit=self.cache_limit,
+                compressed=self.cache_compressed,
             )
             self._arrays = self._cache.arrays()
 

@@ -272,24 +272,46 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
     return out
 
 
+def zstd_extent(f: h5py.File, fl: FieldLayout, n: int) -> tuple[int, int]:
+    """Blocks of a zstd field and the bytes of its frames, checked against the file."""
+    R = fl.zstd["rows_per_block"] if fl.zstd else 1
+    n_blocks = -(-n // R)
+    where = f"{f.filename}: field {fl.field.name!r}"
+    end = int(read_hdf5(f[spec.field_path(fl.field.name, spec.BLOCKS)], n_blocks, where))
+    if not 0 <= end <= fl.values_len:
+        raise FormatError(f"{where}: zstd block table is damaged")
+    return n_blocks, end
+
+
 def load_arrays(
-    layout: FileLayout, names: list[str] | None = None
+    layout: FileLayout, names: list[str] | None = None, compressed: bool = False
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Read (and decompress) whole fields into memory: name -> {values, offsets}."""
+    """Read whole fields into memory: name -> {values, offsets}.
+
+    zstd fields are decompressed, or with ``compressed`` kept as their
+    frames and block index (``{values, blocks}``), decompressed on access.
+    """
     out: dict[str, dict[str, np.ndarray]] = {}
     n = layout.num_rows
     zstd_fields = [fl for fl in layout.fields if fl.zstd is not None]
-    if zstd_fields:
+    if zstd_fields and not compressed:
         out.update(_decompress_fields(layout, zstd_fields))
     with HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             name = fl.field.name
-            if (names is not None and name not in names) or fl.zstd is not None:
+            if names is not None and name not in names:
                 continue
             arrays: dict[str, np.ndarray] = {}
             where = f"{layout.path}: field {name!r}"
             values = f[spec.field_path(name, spec.VALUES)]
-            if fl.field.variable:
+            if fl.zstd is not None:
+                if not compressed:
+                    continue
+                n_blocks, end = zstd_extent(f, fl, n)
+                blocks = f[spec.field_path(name, spec.BLOCKS)]
+                arrays[spec.BLOCKS] = read_hdf5(blocks, np.s_[: n_blocks + 1], where)
+                arrays[spec.VALUES] = read_hdf5(values, np.s_[:end], where)
+            elif fl.field.variable:
                 offsets = read_hdf5(f[spec.field_path(name, spec.OFFSETS)], np.s_[: n + 1], where)
                 end = int(offsets[-1]) if len(offsets) else 0
                 if end > fl.values_len or np.any(np.diff(offsets) < 0):
@@ -328,15 +350,19 @@ def memory_fields(layout: FileLayout, arrays: dict[str, dict[str, np.ndarray]]) 
         fld = fl.field
         data = arrays[fld.name]
         values = np.ascontiguousarray(data["values"])
+        frames = spec.BLOCKS in data  # zstd frames kept compressed: bytes
         entry = {
             "name": fld.name,
             "kind": fl.kind,
             "dtype": fld.dtype,
             "element_shape": fld.element_shape,
-            "values": _whole(values, fld.element_bytes),
+            "values": _whole(values, 1 if frames else fld.element_bytes),
         }
         if "offsets" in data:
             entry["offsets"] = _whole(np.ascontiguousarray(data["offsets"], np.int64), 8)
+        if frames:
+            blocks = np.ascontiguousarray(data[spec.BLOCKS], np.int64)
+            entry["zstd"] = {**(fl.zstd or {}), "blocks": _whole(blocks, 8)}
         out.append(entry)
     return out
 

@@ -101,6 +101,39 @@ def test_cache_equals_file(data_file):
         mem.close()
 
 
+@pytest.mark.parametrize("mode", [True, "process", "node"])
+def test_compressed_cache_equals_file(data_file, mode):
+    disk = H5Dataset(data_file)
+    mem = H5Dataset(data_file, in_memory=mode, cache_compressed=True)
+    try:
+        idx = np.random.default_rng(2).integers(0, N, 150)
+        assert mem[idx] == disk[idx]
+        assert all(np.array_equal(mem[i]["tokens"], disk[i]["tokens"]) for i in range(N))
+        assert torch.equal(
+            h5record.collate(mem[idx])["tokens"], h5record.collate(disk[idx])["tokens"]
+        )
+        if mode is not True:
+            return
+        # The zstd field is held as its frames and block index, not decompressed.
+        full = H5Dataset(data_file, in_memory=True)
+        assert set(mem.cache.arrays()["tokens"]) == {"values", "blocks"}
+        assert set(full.cache.arrays()["tokens"]) == {"values", "offsets"}
+        full.close()
+        # Workers attach to the compressed copy too.
+        loader = DataLoader(
+            _Probe(mem), batch_size=None, num_workers=2, multiprocessing_context="spawn"
+        )
+        seen = list(loader)
+        assert [t for _, t, _, _ in seen] == [disk[i]["text"] for i in range(N)]
+        assert {tuple(ident) for _, _, ident, _ in seen} == {_memfd_identity(mem)}
+    finally:
+        mem.close()
+
+
+def test_compressed_and_decompressed_named_caches_differ(data_file):
+    assert cache.segment_name(data_file, compressed=True) != cache.segment_name(data_file)
+
+
 def test_cache_is_read_only(data_file):
     ds = H5Dataset(data_file, in_memory=True)
     arrays = ds.cache.arrays()
