@@ -40,17 +40,21 @@ def _range_error(value: Any, dtype: np.dtype, where: str) -> RowError:
     )
 
 
+def _int_overflows(arr: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether an integer array holds values outside the integer ``dtype``."""
+    if not (arr.size and arr.dtype.kind in "iu" and dtype.kind in "iu"):
+        return False
+    if np.can_cast(arr.dtype, dtype):
+        return False
+    info = np.iinfo(dtype)
+    return bool(arr.min() < info.min or arr.max() > info.max)
+
+
 def _check_int_range(arr: np.ndarray, dtype: np.dtype, where: str) -> None:
-    if (
-        arr.size
-        and arr.dtype.kind in "iu"
-        and dtype.kind in "iu"
-        and not np.can_cast(arr.dtype, dtype)
-    ):
+    if _int_overflows(arr, dtype):
         info = np.iinfo(dtype)
         lo, hi = arr.min(), arr.max()
-        if lo < info.min or hi > info.max:
-            raise _range_error(lo if lo < info.min else hi, dtype, where)
+        raise _range_error(lo if lo < info.min else hi, dtype, where)
 
 
 def _rounds_to_inf(dtype: np.dtype) -> float:
@@ -94,11 +98,15 @@ def _may_overflow(src: np.dtype, dst: np.dtype) -> bool:
     return False
 
 
-def _overflow_mask(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Where a finite value of ``arr`` becomes inf as the float ``dtype``."""
-    with np.errstate(over="ignore"):
-        cast = arr.astype(dtype)
-    return np.isinf(cast) & np.isfinite(arr)
+def _cast_float(arr: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``arr`` as the float ``dtype``: (values, None), or (None, where finite values become inf)."""
+    try:
+        with np.errstate(over="raise"):
+            return arr.astype(dtype), None
+    except FloatingPointError:
+        with np.errstate(over="ignore"):
+            cast = arr.astype(dtype)
+        return None, np.isinf(cast) & np.isfinite(arr)
 
 
 def _exact_ints(value: Any, dtype: np.dtype, where: str) -> np.ndarray | None:
@@ -146,12 +154,10 @@ def _as_numeric_array(value: Any, dtype: np.dtype, where: str, expected: str) ->
             "round and cast it first"
         )
     if dtype.kind == "f" and _may_overflow(arr.dtype, dtype):
-        try:
-            with np.errstate(over="raise"):
-                return arr.astype(dtype)
-        except FloatingPointError as exc:
-            bad = arr[_overflow_mask(arr, dtype)][0]
-            raise _float_range_error(bad.item(), dtype, where) from exc
+        cast, overflow = _cast_float(arr, dtype)
+        if overflow is not None:
+            raise _float_range_error(arr[overflow][0].item(), dtype, where)
+        return cast
     _check_int_range(arr, dtype, where)
     return arr.astype(dtype, copy=False)
 
@@ -263,17 +269,14 @@ class Field:
     def _cast_column(self, arr: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Cast a fixed column; return (values, -1), or (None, its first bad row)."""
         dtype = self.dtype
-        if dtype.kind == "f":
-            if _may_overflow(arr.dtype, dtype):
-                try:
-                    with np.errstate(over="raise"):
-                        return arr.astype(dtype, order="C"), -1
-                except FloatingPointError:
-                    return None, _first_row(_overflow_mask(arr, dtype))
-        elif arr.size and arr.dtype.kind in "iu" and not np.can_cast(arr.dtype, dtype):
+        if dtype.kind == "f" and _may_overflow(arr.dtype, dtype):
+            cast, overflow = _cast_float(arr, dtype)
+            if overflow is not None:
+                return None, _first_row(overflow)
+            arr = cast
+        elif _int_overflows(arr, dtype):
             info = np.iinfo(dtype)
-            if arr.min() < info.min or arr.max() > info.max:
-                return None, _first_row((arr < info.min) | (arr > info.max))
+            return None, _first_row((arr < info.min) | (arr > info.max))
         return np.ascontiguousarray(arr, dtype=dtype), -1
 
 
