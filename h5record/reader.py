@@ -274,8 +274,8 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
 
 def zstd_extent(f: h5py.File, fl: FieldLayout, n: int) -> tuple[int, int]:
     """Blocks of a zstd field and the bytes of its frames, checked against the file."""
-    R = fl.zstd["rows_per_block"] if fl.zstd else 1
-    n_blocks = -(-n // R)
+    assert fl.zstd is not None
+    n_blocks = -(-n // fl.zstd["rows_per_block"])
     where = f"{f.filename}: field {fl.field.name!r}"
     end = int(read_hdf5(f[spec.field_path(fl.field.name, spec.BLOCKS)], n_blocks, where))
     if not 0 <= end <= fl.values_len:
@@ -299,14 +299,12 @@ def load_arrays(
     with HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             name = fl.field.name
-            if names is not None and name not in names:
-                continue
+            if (names is not None and name not in names) or (fl.zstd and not compressed):
+                continue  # not asked for, or decompressed above
             arrays: dict[str, np.ndarray] = {}
             where = f"{layout.path}: field {name!r}"
             values = f[spec.field_path(name, spec.VALUES)]
             if fl.zstd is not None:
-                if not compressed:
-                    continue
                 n_blocks, end = zstd_extent(f, fl, n)
                 blocks = f[spec.field_path(name, spec.BLOCKS)]
                 arrays[spec.BLOCKS] = read_hdf5(blocks, np.s_[: n_blocks + 1], where)
