@@ -43,7 +43,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
         libraries=[zstd_library()],
-    )
+    ),
+    Extension("h5record._io", ["h5record/_io.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))
