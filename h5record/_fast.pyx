@@ -18,9 +18,12 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
+from cpython.pythread cimport PyThread_get_thread_ident
 
 cimport numpy as cnp
 import numpy as np
+
+from h5record._io cimport willneed_spans, spans_resident
 
 cdef extern from *:
     void prefetch "__builtin_prefetch" (const void* addr) noexcept nogil
@@ -60,6 +63,14 @@ from h5record.errors import FormatError
 
 cnp.import_array()
 
+
+class ForeignThreadError(RuntimeError):
+    """A Decoder was used from a thread other than the one that made it.
+
+    A Decoder keeps per-call state (decompressed zstd blocks, span lists)
+    that it fills with the GIL released; each thread needs its own.
+    """
+
 # Field kinds (the Python layer maps schema types onto these).
 KIND_STRING = 0
 KIND_BYTES = 1
@@ -74,6 +85,20 @@ cdef enum ScalarCode:
 # Rows ahead to prefetch in batch loops: enough to overlap memory latency.
 cdef enum:
     PREFETCH_AHEAD = 8
+
+# Dimensions of any array built here: a batch axis, a padded axis and the
+# element shape (fields.MAX_ELEMENT_DIMS keeps shapes within this).
+cdef enum:
+    MAX_DIMS = 32
+
+# Cold-read policy of a memory-mapped Decoder (see Decoder.prefetch): rows of a
+# batch sampled for residency, batches and single rows read in cold mode once
+# a sample missed the page cache, and single rows between two samples.
+cdef enum:
+    SAMPLE_ROWS = 2
+    COLD_BATCHES = 16
+    COLD_ROWS = 512
+    ROW_CHECK_EVERY = 32
 
 cdef struct Paged:
     const uint8_t* base
@@ -142,6 +167,45 @@ cdef int paged_copy(const Paged* p, int64_t start, int64_t stop, uint8_t* out) n
             return -1
         memcpy(out, p.base + addr + within * p.elem_bytes, take * p.elem_bytes)
         out += take * p.elem_bytes
+        e += take
+    return 0
+
+
+cdef struct Spans:
+    int64_t* data     # (start, stop) byte pairs in the memory map
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int spans_add(Spans* s, int64_t start, int64_t stop) noexcept nogil:
+    cdef int64_t* grown
+    if s.n == s.cap:
+        grown = <int64_t*>realloc(s.data, 2 * max(2 * s.cap, 64) * sizeof(int64_t))
+        if grown == NULL:
+            return -1
+        s.data = grown
+        s.cap = max(2 * s.cap, 64)
+    s.data[2 * s.n] = start
+    s.data[2 * s.n + 1] = stop
+    s.n += 1
+    return 0
+
+
+cdef int paged_spans(const Paged* p, const uint8_t* map_base, int64_t start, int64_t stop,
+                     Spans* out) noexcept nogil:
+    """Add the map byte spans of elements [start, stop); damaged parts are skipped
+    (prefetching is advice: decoding reports the damage)."""
+    cdef int64_t e = max(start, 0), c, within, take, addr
+    cdef int64_t base = p.base - map_base
+    stop = min(stop, p.length)
+    while e < stop:
+        c = e // p.chunk_len
+        within = e - c * p.chunk_len
+        take = min(p.chunk_len - within, stop - e)
+        addr = p.table[c]
+        if addr >= 0 and spans_add(out, base + addr + within * p.elem_bytes,
+                                   base + addr + (within + take) * p.elem_bytes) < 0:
+            return -1
         e += take
     return 0
 
@@ -250,6 +314,10 @@ cdef class Decoder:
         object exporting bytes), ``table`` (int64 chunk addresses),
         ``chunk_len``, ``elem_bytes`` and ``length``. Tables must already
         be validated against the buffer sizes.
+    memory_map : buffer, optional
+        The memory map of the whole file that every ``buffer`` points into.
+        Given, reads that miss the page cache are prefetched (see
+        :meth:`prefetch`); in-memory buffers need none.
     """
 
     cdef readonly int64_t n_rows
@@ -282,8 +350,15 @@ cdef class Decoder:
     cdef list dtypes
     cdef uint8_t* scratch
     cdef int64_t scratch_size
+    # Cold reads (memory maps only): the map, reused span lists, and the policy state.
+    cdef object map_view
+    cdef const uint8_t* map_base
+    cdef int64_t map_size
+    cdef Spans spans
+    cdef int cold_batches, cold_rows, row_countdown
+    cdef unsigned long owner
 
-    def __cinit__(self, int64_t n_rows, list fields):
+    def __cinit__(self, int64_t n_rows, list fields, memory_map=None):
         self.n_fields = len(fields)
         n = max(self.n_fields, 1)
         self.values = <Paged*>malloc(n * sizeof(Paged))
@@ -317,8 +392,16 @@ cdef class Decoder:
             raise MemoryError()
         memset(self.offsets, 0, n * sizeof(Paged))
 
-    def __init__(self, int64_t n_rows, list fields):
+    def __init__(self, int64_t n_rows, list fields, memory_map=None):
+        cdef const uint8_t[::1] view
         self.n_rows = n_rows
+        if memory_map is not None and len(memory_map):
+            view = memory_map
+            self.map_view = view
+            self.map_base = &view[0]
+            self.map_size = view.shape[0]
+        self.row_countdown = ROW_CHECK_EVERY
+        self.owner = PyThread_get_thread_ident()
         self.names = []
         self.keep_alive = []
         self.elem_shapes = []
@@ -400,6 +483,7 @@ cdef class Decoder:
         free(self.is_var)
         free(self.bounds)
         free(self.scratch)
+        free(self.spans.data)
 
     cdef uint8_t* _scratch(self, int64_t size) except NULL:
         if size > self.scratch_size:
@@ -495,7 +579,7 @@ cdef class Decoder:
 
     cdef object _object_at(self, int k, int64_t row, const uint8_t* ptr, int64_t nelem):
         """Build the Python value of field ``k`` from a pointer to its row."""
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef int d, e, kind = self.kinds[k]
         cdef object arr
         cdef int64_t nbytes = nelem * self.eb[k]
@@ -531,7 +615,7 @@ cdef class Decoder:
         cdef int kind = self.kinds[k]
         cdef list out
         cdef object item
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef int d
         if (kind == KIND_STRING or kind == KIND_BYTES) and not raw:
             out = PyList_New(n)
@@ -618,7 +702,7 @@ cdef class Decoder:
         cdef Paged* vals = &self.values[k]
         cdef int kind = self.kinds[k]
         cdef int r
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef object arr
         cdef int d
         if kind == KIND_VARIABLE:
@@ -645,7 +729,7 @@ cdef class Decoder:
     cdef object _fixed_value(self, int k, int64_t row):
         cdef const uint8_t* ptr
         cdef Paged* vals = &self.values[k]
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef object arr
         cdef int d
         if self.blocked[k]:
@@ -662,6 +746,118 @@ cdef class Decoder:
             raise self._damaged(k, row)
         return arr
 
+    def owned(self):
+        """Whether the calling thread is the one that made this Decoder."""
+        return PyThread_get_thread_ident() == self.owner
+
+    cdef inline int _own(self) except -1:
+        if PyThread_get_thread_ident() != self.owner:
+            raise ForeignThreadError("this Decoder belongs to another thread; make one per thread")
+        return 0
+
+    # -- cold reads: resolve rows to byte spans, ask for them all at once ----
+    cdef int _row_spans(self, int64_t i, bint data, Spans* out) noexcept nogil:
+        """Add the map spans row ``i`` needs: its index entries (offsets, block
+        table, fixed values) or, with ``data``, the values they point at."""
+        cdef int k
+        cdef int64_t j, lo, hi
+        for k in range(self.n_fields):
+            if self.blocked[k]:
+                j = i // self.rows_per_block[k]
+                if not data:
+                    if paged_spans(&self.blocks[k], self.map_base, j, j + 2, out) < 0:
+                        return -1
+                elif read_bounds(&self.blocks[k], j, &lo, &hi) == 0:
+                    if paged_spans(&self.values[k], self.map_base, lo, hi, out) < 0:
+                        return -1
+            elif self.is_var[k]:
+                if not data:
+                    if paged_spans(&self.offsets[k], self.map_base, i, i + 2, out) < 0:
+                        return -1
+                elif read_bounds(&self.offsets[k], i, &lo, &hi) == 0:
+                    if paged_spans(&self.values[k], self.map_base, lo, hi, out) < 0:
+                        return -1
+            elif not data:
+                if paged_spans(&self.values[k], self.map_base, i, i + 1, out) < 0:
+                    return -1
+        return 0
+
+    cdef bint _resident(self, const int64_t* rows, Py_ssize_t n) except -1:
+        """Whether rows' index entries, then their values, are in the page cache."""
+        cdef Py_ssize_t j
+        cdef bint data
+        for data in (False, True):
+            self.spans.n = 0
+            for j in range(n):
+                if self._row_spans(rows[j], data, &self.spans) < 0:
+                    raise MemoryError()
+            if not spans_resident(self.map_base, self.map_size, self.spans.data,
+                                  self.spans.n, self.spans.n):
+                return False
+        return True
+
+    cdef int _fetch(self, const int64_t* rows, Py_ssize_t n) except -1:
+        """Two rounds of madvise(WILLNEED): every index span, then every data
+        span (reading the offsets waits for the first round only)."""
+        cdef Py_ssize_t j
+        cdef bint data
+        cdef int failed = 0
+        with nogil:
+            for data in (False, True):
+                self.spans.n = 0
+                for j in range(n):
+                    if self._row_spans(rows[j], data, &self.spans) < 0:
+                        failed = 1
+                        break
+                if failed:
+                    break
+                willneed_spans(self.map_base, self.map_size, self.spans.data, self.spans.n, 0)
+        if failed:
+            raise MemoryError()
+        return 0
+
+    def prefetch(self, const int64_t[::1] idx):
+        """Ask the OS for every byte the checked rows ``idx`` need, at once.
+
+        A memory-mapped file is mapped with MADV_RANDOM, so a page fault reads
+        one page, not megabytes around it; this call puts all of a batch's
+        ranges in the device queue instead (queue depth = ranges, not 1).
+        A warm batch costs a residency test of ``SAMPLE_ROWS`` rows; once a
+        test misses, the next ``COLD_BATCHES`` batches fetch without testing.
+        Returns whether a fetch was made.
+        """
+        cdef Py_ssize_t n = idx.shape[0], j
+        cdef int64_t sample[SAMPLE_ROWS]
+        cdef Py_ssize_t m = min(n, SAMPLE_ROWS)
+        self._own()
+        if self.map_base == NULL or n == 0:
+            return False
+        if self.cold_batches > 0:
+            self.cold_batches -= 1
+        else:
+            for j in range(m):
+                sample[j] = idx[j * (n // m)]
+            if self._resident(sample, m):
+                return False
+            self.cold_batches = COLD_BATCHES
+        self._fetch(&idx[0], n)
+        return True
+
+    cdef int _row_prefetch(self, int64_t i) except -1:
+        """The single-row policy: test residency every ROW_CHECK_EVERY rows, and
+        once a test misses, fetch each of the next COLD_ROWS rows ahead."""
+        if self.cold_rows > 0:
+            self.cold_rows -= 1
+        else:
+            self.row_countdown -= 1
+            if self.row_countdown > 0:
+                return 0
+            self.row_countdown = ROW_CHECK_EVERY
+            if self._resident(&i, 1):
+                return 0
+            self.cold_rows = COLD_ROWS
+        return self._fetch(&i, 1)
+
     def row(self, int64_t i):
         """Decode row ``i`` (negative counts from the end) into a dict."""
         cdef int k
@@ -669,7 +865,10 @@ cdef class Decoder:
         cdef const uint8_t* p
         cdef int64_t* lo = self.bounds
         cdef int64_t* hi = self.bounds + self.n_fields
+        self._own()
         i = self._check_row(i)
+        if self.map_base != NULL:
+            self._row_prefetch(i)
         # Random rows miss the CPU caches: touch every field's offsets (or
         # value) first, then every field's data, so the misses overlap
         # instead of queueing one after another.
@@ -697,6 +896,7 @@ cdef class Decoder:
 
     def value(self, int k, int64_t i):
         """Decode field ``k`` of row ``i``."""
+        self._own()
         i = self._check_row(i)
         if self.kinds[k] == KIND_SCALAR or self.kinds[k] == KIND_FIXED:
             return self._fixed_value(k, i)
@@ -748,6 +948,7 @@ cdef class Decoder:
         offsets (variable numeric fields, and String/Bytes when ``raw``).
         """
         cdef int kind = self.kinds[k]
+        self._own()
         if self.blocked[k]:
             return self._blocked_column(k, idx, raw)
         if raw and (kind == KIND_STRING or kind == KIND_BYTES):
@@ -797,7 +998,7 @@ cdef class Decoder:
         cdef Py_ssize_t j, n = idx.shape[0]
         cdef Paged* vals = &self.values[k]
         cdef int64_t eb = vals.elem_bytes, bad = -1
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef int d
         shape = self.elem_shapes[k]
         dims[0] = n
@@ -855,7 +1056,7 @@ cdef class Decoder:
         cdef int64_t total = self._lengths(k, idx, st, of + 1)
         cdef Paged* vals = &self.values[k]
         cdef int64_t eb = vals.elem_bytes
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         cdef int d
         of[0] = 0
         for j in range(n):
@@ -887,6 +1088,7 @@ cdef class Decoder:
         cdef Paged* vals = &self.values[k]
         cdef int64_t eb = self.eb[k], width = min_len, e
         cdef int d
+        self._own()
         if self.kinds[k] not in (KIND_VARIABLE, KIND_STRING, KIND_BYTES):
             raise TypeError(f"field {self.names[k]!r} has a fixed size; nothing to pad")
         if pad.shape[0] != eb:
@@ -904,7 +1106,7 @@ cdef class Decoder:
         for j in range(n):
             if ln[j] > width:
                 width = ln[j]
-        cdef cnp.npy_intp dims[8]
+        cdef cnp.npy_intp dims[MAX_DIMS]
         shape = self.elem_shapes[k]
         dims[0] = n
         dims[1] = width

@@ -37,6 +37,11 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef int64_t PAGE = sysconf(_SC_PAGESIZE)
 
+# Linux reads at most max(read-ahead, device I/O size) per WILLNEED call and
+# silently drops the rest; 128 KiB is the smallest default of both.
+cdef enum:
+    ADVICE_BYTES = 128 * 1024
+
 # Pages longer than this are not sampled by ``resident`` (a 4 MiB row needs
 # no residency check to be worth prefetching).
 cdef enum:
@@ -48,92 +53,103 @@ cdef int _by_start(const void* a, const void* b) noexcept nogil:
     return (x > y) - (x < y)
 
 
-def willneed(const uint8_t[::1] buffer, const int64_t[:, ::1] ranges, int64_t gap=0):
-    """Start reading the pages of every ``(start, length)`` range of ``buffer``.
+cdef Py_ssize_t willneed_spans(const uint8_t* base, int64_t size, int64_t* spans,
+                               Py_ssize_t m, int64_t gap) noexcept nogil:
+    """madvise(WILLNEED) the ``m`` (start, stop) byte spans of a page-aligned map.
 
-    ``buffer`` must be a memory map (its start is page-aligned). Ranges
-    are sorted and merged when fewer than ``gap`` bytes apart, so a
-    sequential scan becomes one large request. Returns the number of
-    requests made.
+    Sorts ``spans`` in place, merges spans fewer than ``gap`` bytes apart and
+    returns the number of requests made.
     """
-    cdef Py_ssize_t m = ranges.shape[0], j, out = 0
-    cdef int64_t size = buffer.shape[0], s, e, cur_s = -1, cur_e = -1
-    cdef int64_t* spans
-    if m == 0 or size == 0:
-        return 0
-    if ranges.shape[1] != 2:
-        raise ValueError("ranges must have shape (m, 2)")
-    if (<uintptr_t>&buffer[0]) % PAGE:
-        raise ValueError("willneed needs a page-aligned buffer (a memory map)")
-    spans = <int64_t*>malloc(2 * m * sizeof(int64_t))
-    if spans == NULL:
-        raise MemoryError()
-    cdef const uint8_t* base = &buffer[0]
-    with nogil:
-        for j in range(m):
-            spans[2 * j] = ranges[j, 0]
-            spans[2 * j + 1] = ranges[j, 0] + ranges[j, 1]
-        qsort(spans, m, 2 * sizeof(int64_t), _by_start)
-        for j in range(m + 1):
-            if j < m:
-                s = spans[2 * j]
-                e = spans[2 * j + 1]
-                if s < 0:
-                    s = 0
-                if e > size:
-                    e = size
-                if e <= s:
-                    continue
-                s -= s % PAGE
-                if cur_e >= 0 and s <= cur_e + gap:
-                    if e > cur_e:
-                        cur_e = e
-                    continue
-            if cur_e > cur_s >= 0:
-                madvise(<void*>(base + cur_s), cur_e - cur_s, MADV_WILLNEED)
-                out += 1
-            if j < m:
-                cur_s = s
-                cur_e = e
-    free(spans)
+    cdef Py_ssize_t j, out = 0
+    cdef int64_t s, e, cur_s = -1, cur_e = -1
+    qsort(spans, m, 2 * sizeof(int64_t), _by_start)
+    for j in range(m + 1):
+        if j < m:
+            s = max(spans[2 * j], 0)
+            e = min(spans[2 * j + 1], size)
+            if e <= s:
+                continue
+            s -= s % PAGE
+            if cur_e >= 0 and s <= cur_e + gap:
+                cur_e = max(cur_e, e)
+                continue
+        while cur_e > cur_s >= 0:
+            madvise(<void*>(base + cur_s), min(cur_e - cur_s, ADVICE_BYTES), MADV_WILLNEED)
+            cur_s += ADVICE_BYTES
+            out += 1
+        if j < m:
+            cur_s = s
+            cur_e = e
     return out
 
 
-def resident(const uint8_t[::1] buffer, const int64_t[:, ::1] ranges, Py_ssize_t sample=8):
-    """Whether ``sample`` ranges spread over ``ranges`` are all in the page cache.
+cdef bint spans_resident(const uint8_t* base, int64_t size, const int64_t* spans,
+                         Py_ssize_t m, Py_ssize_t sample) noexcept nogil:
+    """Whether ``sample`` spans spread over the ``m`` (start, stop) spans are cached.
 
-    A cheap test (one ``mincore`` per sampled range) that lets a warm
-    reader skip prefetching: when it says yes, the data was read recently.
+    One ``mincore`` per sampled span: cheap enough to decide, per batch,
+    whether a warm reader may skip prefetching.
     """
-    cdef Py_ssize_t m = ranges.shape[0], j, step, p, npages
-    cdef int64_t size = buffer.shape[0], s, e
+    cdef Py_ssize_t j = 0, step, p, npages
+    cdef int64_t s, e
     cdef unsigned char vec[MAX_SAMPLE_PAGES]
-    cdef bint all_in = True
-    if m == 0 or size == 0:
-        return True
-    if (<uintptr_t>&buffer[0]) % PAGE:
-        return True  # not a memory map: memory is resident by definition
-    cdef const uint8_t* base = &buffer[0]
     step = max(m // max(sample, 1), 1)
-    with nogil:
-        j = 0
-        while j < m and all_in:
-            s = ranges[j, 0]
-            e = ranges[j, 0] + ranges[j, 1]
-            if s < 0:
-                s = 0
-            if e > size:
-                e = size
-            if e > s:
-                s -= s % PAGE
-                npages = min((e - s + PAGE - 1) // PAGE, MAX_SAMPLE_PAGES)
-                if mincore(<void*>(base + s), npages * PAGE, vec) == 0:
-                    for p in range(npages):
-                        if not (vec[p] & 1):
-                            all_in = False
-                            break
-            j += step
-    return all_in
+    while j < m:
+        s = max(spans[2 * j], 0)
+        e = min(spans[2 * j + 1], size)
+        if e > s:
+            s -= s % PAGE
+            npages = min((e - s + PAGE - 1) // PAGE, MAX_SAMPLE_PAGES)
+            if mincore(<void*>(base + s), npages * PAGE, vec) == 0:
+                for p in range(npages):
+                    if not (vec[p] & 1):
+                        return False
+        j += step
+    return True
+
+
+cdef int64_t* _spans(const int64_t[:, ::1] ranges) except NULL:
+    """(start, length) rows as a malloc'd array of (start, stop) pairs."""
+    cdef Py_ssize_t j, m = ranges.shape[0]
+    if ranges.shape[1] != 2:
+        raise ValueError("ranges must have shape (m, 2)")
+    cdef int64_t* spans = <int64_t*>malloc(max(2 * m, 1) * sizeof(int64_t))
+    if spans == NULL:
+        raise MemoryError()
+    for j in range(m):
+        spans[2 * j] = ranges[j, 0]
+        spans[2 * j + 1] = ranges[j, 0] + ranges[j, 1]
+    return spans
+
+
+cdef bint _is_map(const uint8_t[::1] buffer):
+    return buffer.shape[0] > 0 and (<uintptr_t>&buffer[0]) % PAGE == 0
+
+
+def willneed(const uint8_t[::1] buffer, const int64_t[:, ::1] ranges, int64_t gap=0):
+    """Start reading the pages of every ``(start, length)`` range of a memory map.
+
+    Ranges are sorted and merged when fewer than ``gap`` bytes apart, so a
+    sequential scan becomes one large request. Returns the requests made.
+    """
+    if not _is_map(buffer):
+        raise ValueError("willneed needs a page-aligned buffer (a memory map)")
+    cdef int64_t* spans = _spans(ranges)
+    try:
+        return willneed_spans(&buffer[0], buffer.shape[0], spans, ranges.shape[0], gap)
+    finally:
+        free(spans)
+
+
+def resident(const uint8_t[::1] buffer, const int64_t[:, ::1] ranges, Py_ssize_t sample=8):
+    """Whether ``sample`` ranges spread over ``ranges`` are all in the page cache."""
+    if not _is_map(buffer):
+        return True  # memory that is not a file map is resident by definition
+    cdef int64_t* spans = _spans(ranges)
+    try:
+        return spans_resident(&buffer[0], buffer.shape[0], spans, ranges.shape[0], sample)
+    finally:
+        free(spans)
 
 
 cdef struct ReadJob:

@@ -9,6 +9,7 @@ as its path and options and maps the file again in each process.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceABC
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import reader
-from ._fast import Decoder, pad_ragged
+from ._fast import Decoder, ForeignThreadError, pad_ragged
 from .cache import SharedCache
 from .errors import FormatError
 from .fields import Schema
@@ -96,9 +97,11 @@ class H5Dataset:
         self.cache_compressed = bool(cache_compressed)
         self._arrays: dict[str, dict[str, np.ndarray]] | None = None
         self._cache: SharedCache | None = None
+        # The decoder of the thread that opened the dataset, and one per other
+        # thread (a Decoder keeps per-call state filled with the GIL released).
         self._decoder: Decoder | None = None
+        self._threads = threading.local()
         self._slow: dict[int, reader.H5Column] = {}
-        self._pid = -1
         self._load_cache()
 
     def _load_cache(self) -> None:
@@ -123,6 +126,18 @@ class H5Dataset:
         return self._layout.schema.names
 
     def _open(self) -> Decoder:
+        """This thread's decoder, made on first use in each process and thread."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = self._new_decoder()
+        elif not decoder.owned():
+            decoder = getattr(self._threads, "decoder", None)
+            if decoder is None:
+                decoder = self._threads.decoder = self._new_decoder()
+        return decoder
+
+    def _new_decoder(self) -> Decoder:
+        memory_map = None
         if self._arrays is not None:
             fields = reader.memory_fields(self._layout, self._arrays)
             self._slow = {}
@@ -131,28 +146,30 @@ class H5Dataset:
                 raise FormatError(
                     f"{self.path} changed since it was opened; open it again with H5Dataset"
                 )
-            buffer = reader.map_file(self.path)
-            fields = reader.decoder_fields(self._layout, buffer)
-            self._slow = {
-                k: reader.H5Column(self._layout, fl)
-                for k, fl in enumerate(self._layout.fields)
-                if fl.values is None
-            }
-        self._decoder = Decoder(self._layout.num_rows, fields)
+            memory_map = reader.map_file(self.path)
+            fields = reader.decoder_fields(self._layout, memory_map)
+            if not self._slow:
+                self._slow = {
+                    k: reader.H5Column(self._layout, fl)
+                    for k, fl in enumerate(self._layout.fields)
+                    if fl.values is None
+                }
+        decoder = Decoder(self._layout.num_rows, fields, memory_map=memory_map)
         # Positions of each schema field among the decoder's fields.
-        self._decoder_index = {name: k for k, name in enumerate(self._decoder.names)}
-        self._pid = os.getpid()
-        return self._decoder
+        self._decoder_index = {name: k for k, name in enumerate(decoder.names)}
+        return decoder
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle as path and options: every process maps the file itself.
         # A shared cache pickles as a handle to the same memory, never its data.
         state = self.__dict__.copy()
-        state.update(_decoder=None, _slow={}, _pid=-1, _arrays=None)
+        state.update(_decoder=None, _slow={}, _arrays=None)
+        del state["_threads"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._threads = threading.local()
         if self._cache is not None:
             self._arrays = self._cache.arrays()
         elif self.in_memory:
@@ -170,10 +187,13 @@ class H5Dataset:
     def __getitem__(self, index: Any) -> Any:
         if type(index) is int and self._decoder is not None and not self._slow:
             # The hot path of map-style loading: one compiled call.
-            row = self._decoder.row(index)
+            try:
+                row = self._decoder.row(index)
+            except ForeignThreadError:
+                row = self._open().row(index)
             return row if self.transform is None else self.transform(row)
         if isinstance(index, (int, np.integer)):
-            decoder = self._decoder if self._decoder is not None else self._open()
+            decoder = self._open()
             row = decoder.row(index) if not self._slow else self._mixed_row(int(index))
             return row if self.transform is None else self.transform(row)
         if isinstance(index, slice):
@@ -186,12 +206,15 @@ class H5Dataset:
 
     def __getitems__(self, indices: Iterable[int]) -> Any:
         """Fetch many rows at once (PyTorch calls this for each batch)."""
-        decoder = self._decoder if self._decoder is not None else self._open()
+        decoder = self._open()
         idx = decoder.rows_index(
             indices
             if not isinstance(indices, range)
             else np.arange(indices.start, indices.stop, indices.step)
         )
+        # Every byte range of the batch is requested from the disk before any
+        # decoding, when the file is not in the page cache (no-op when warm).
+        decoder.prefetch(idx)
         batch = Batch(self, idx)
         if self.transform is None:
             return batch
@@ -202,8 +225,7 @@ class H5Dataset:
             yield self[i]
 
     def _mixed_row(self, i: int) -> dict[str, Any]:
-        decoder = self._decoder
-        assert decoder is not None
+        decoder = self._open()
         if i < 0:
             i += len(self)
         row = {}
@@ -219,7 +241,7 @@ class H5Dataset:
 
     def column(self, name: str, idx: np.ndarray) -> Any:
         """Decode one field of checked rows ``idx`` (see :meth:`Decoder.column`)."""
-        decoder = self._decoder if self._decoder is not None else self._open()
+        decoder = self._open()
         k = self._decoder_index.get(name)
         if k is None:
             pos = self.names.index(name)
@@ -228,7 +250,7 @@ class H5Dataset:
 
     def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Gather a variable-length field of rows ``idx`` into a padded array."""
-        decoder = self._decoder if self._decoder is not None else self._open()
+        decoder = self._open()
         k = self._decoder_index.get(name)
         if k is None:
             flat, offsets = self.column(name, idx)
@@ -244,6 +266,7 @@ class H5Dataset:
             column.close()
         self._slow = {}
         self._decoder = None
+        self._threads = threading.local()
         self._arrays = None
         if self._cache is not None:
             self._cache.close()

@@ -233,12 +233,20 @@ def _scan_table(dset: h5py.Dataset, chunk_len: int, n_chunks: int) -> np.ndarray
     return table
 
 
-def map_file(path: str) -> mmap.mmap | bytes:
-    """A read-only memory map of the whole file (empty files give b"")."""
+def map_file(path: str, random: bool = True) -> mmap.mmap | bytes:
+    """A read-only memory map of the whole file (empty files give b"").
+
+    With ``random`` (the reader's default) a page fault reads only its page:
+    the device's read-ahead around every fault (often MBs) would cost more
+    than the row on a file larger than the page cache. Batches and scans ask
+    for their ranges ahead instead (``Decoder.prefetch``).
+    """
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             return b""
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM if random else mmap.MADV_SEQUENTIAL)
+    return mapped
 
 
 def paged_spec(buffer: Any, paged: PagedArray) -> dict[str, Any]:
@@ -329,7 +337,7 @@ def _decompress_fields(layout: FileLayout, fields: list[FieldLayout]) -> dict[st
     sub = FileLayout(
         layout.path, layout.schema, layout.num_rows, layout.version, layout.file_size, fields
     )
-    decoder = Decoder(layout.num_rows, decoder_fields(sub, map_file(layout.path)))
+    decoder = Decoder(layout.num_rows, decoder_fields(sub, map_file(layout.path, random=False)))
     out = {}
     everything = np.arange(layout.num_rows, dtype=np.int64)
     for k, fl in enumerate(fields):
