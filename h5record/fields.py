@@ -608,6 +608,11 @@ def _numeric_dtype(dtype: Any, name: str) -> np.dtype:
     return dt.newbyteorder("<") if dt.itemsize > 1 else dt
 
 
+# The reader builds arrays of a batch axis, a padded axis and the element
+# shape; numpy 1.x allows 32 dimensions in all.
+MAX_ELEMENT_DIMS = 30
+
+
 def _shape(shape: Iterable[int], name: str) -> tuple[int, ...]:
     try:
         out = tuple(int(s) for s in shape)
@@ -615,6 +620,11 @@ def _shape(shape: Iterable[int], name: str) -> tuple[int, ...]:
         raise SchemaError(f"field {name!r}: shape must be a tuple of ints, got {shape!r}") from exc
     if any(s <= 0 for s in out):
         raise SchemaError(f"field {name!r}: shape must be positive, got {out}")
+    if len(out) > MAX_ELEMENT_DIMS:
+        raise SchemaError(
+            f"field {name!r}: shape has {len(out)} dimensions; at most {MAX_ELEMENT_DIMS} "
+            "are supported"
+        )
     return out
 
 
