@@ -1136,6 +1136,83 @@ cdef class Decoder:
         return out, lengths
 
 
+# How batch_rows takes each column's value of a row.
+cdef enum RowFrom:
+    FROM_LIST, FROM_SCALAR, FROM_ITEM, FROM_RAGGED
+
+
+def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
+    """Rows ``start..stop-1`` of decoded batch columns as a list of dicts.
+
+    ``columns[k]`` is field ``names[k]`` in the form ``Decoder.column``
+    returns: a list (String, Bytes), a 1-D array (scalars, given back as
+    Python numbers), an n-D array (fixed fields, a row is ``col[j]``) or
+    ``(flat, offsets)`` (variable fields, a row is a view of ``flat``).
+    """
+    cdef Py_ssize_t k, j, nf = len(names)
+    cdef list out = PyList_New(max(stop - start, 0))
+    cdef dict row
+    cdef object col, value, flat
+    cdef int* modes = <int*>malloc(max(nf, 1) * sizeof(int))
+    cdef int* codes = <int*>malloc(max(nf, 1) * sizeof(int))
+    cdef const uint8_t** data = <const uint8_t**>malloc(max(nf, 1) * sizeof(uint8_t*))
+    cdef int64_t* itemsize = <int64_t*>malloc(max(nf, 1) * sizeof(int64_t))
+    cdef const int64_t** offs = <const int64_t**>malloc(max(nf, 1) * sizeof(int64_t*))
+    cdef list keep = []
+    cdef cnp.ndarray arr
+    try:
+        if not (modes and codes and data and itemsize and offs):
+            raise MemoryError()
+        for k in range(nf):
+            col = columns[k]
+            if type(col) is list:
+                modes[k] = FROM_LIST
+                if len(<list>col) < stop:
+                    raise IndexError(f"column {names[k]!r} has {len(<list>col)} rows")
+            elif type(col) is tuple:
+                modes[k] = FROM_RAGGED
+                arr = np.ascontiguousarray(col[1], np.int64)
+                if arr.shape[0] < stop + 1:
+                    raise IndexError(f"column {names[k]!r} has {arr.shape[0] - 1} rows")
+                keep.append(arr)
+                offs[k] = <const int64_t*>cnp.PyArray_DATA(arr)
+            else:
+                arr = np.ascontiguousarray(col)
+                if arr.shape[0] < stop:
+                    raise IndexError(f"column {names[k]!r} has {arr.shape[0]} rows")
+                codes[k] = scalar_code(arr.dtype)
+                if arr.ndim == 1 and codes[k] != S_NONE:
+                    modes[k] = FROM_SCALAR
+                    keep.append(arr)
+                    data[k] = <const uint8_t*>cnp.PyArray_DATA(arr)
+                    itemsize[k] = arr.dtype.itemsize
+                else:
+                    modes[k] = FROM_ITEM
+        for j in range(start, stop):
+            row = {}
+            for k in range(nf):
+                col = columns[k]
+                if modes[k] == FROM_LIST:
+                    value = (<list>col)[j]
+                elif modes[k] == FROM_SCALAR:
+                    value = scalar_object(codes[k], data[k] + j * itemsize[k])
+                elif modes[k] == FROM_RAGGED:
+                    flat = (<tuple>col)[0]
+                    value = flat[offs[k][j]:offs[k][j + 1]]
+                else:
+                    value = col[j]
+                row[names[k]] = value
+            Py_INCREF(row)
+            PyList_SET_ITEM(out, j - start, row)
+    finally:
+        free(modes)
+        free(codes)
+        free(data)
+        free(itemsize)
+        free(offs)
+    return out
+
+
 def pad_ragged(flat, const int64_t[::1] offsets, const uint8_t[::1] pad, int64_t min_len=0):
     """Pad rows ``flat[offsets[j]:offsets[j + 1]]`` into one array.
 

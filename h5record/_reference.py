@@ -140,3 +140,20 @@ class Decoder:
         for j, x in enumerate(items):
             out[j, : len(x)] = x
         return out, lengths
+
+
+def batch_rows(names: tuple[str, ...], columns: list[Any], start: int, stop: int) -> list[dict]:
+    """Twin of ``_fast.batch_rows``."""
+    rows = []
+    for j in range(start, stop):
+        row = {}
+        for name, col in zip(names, columns, strict=True):
+            if isinstance(col, tuple):
+                flat, offsets = col
+                row[name] = flat[offsets[j] : offsets[j + 1]]
+            elif isinstance(col, np.ndarray) and col.ndim == 1:
+                row[name] = col[j].item()
+            else:
+                row[name] = col[j]
+        rows.append(row)
+    return rows

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
 import numpy as np
 
 from . import reader
-from ._fast import Decoder, ForeignThreadError, pad_ragged
+from ._fast import Decoder, ForeignThreadError, batch_rows, pad_ragged
 from .cache import SharedCache
 from .errors import FormatError
 from .fields import Schema
-from .writer import H5Writer
+from .spec import PARTIAL_SUFFIX
+from .writer import H5Writer, check_file_schema
 
 _IN_MEMORY_MODES = (False, True, "process", "node")
 
@@ -73,6 +74,7 @@ class H5Dataset:
         transform: Callable[[dict[str, Any]], Any] | None = None,
         cache_limit: int | None = None,
         cache_compressed: bool = False,
+        partial: bool = False,
         **legacy_kwargs: Any,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -89,6 +91,11 @@ class H5Dataset:
         if in_memory not in _IN_MEMORY_MODES:
             raise ValueError(f"in_memory must be one of {_IN_MEMORY_MODES}, got {in_memory!r}")
         self.path = os.fspath(path)
+        if self.path.endswith(PARTIAL_SUFFIX) and not partial:
+            raise FormatError(
+                f"{self.path} is an unfinished file; continue it with H5Writer(..., resume=True), "
+                "or read the rows of its last commit with H5Dataset(path, partial=True)"
+            )
         self.in_memory = in_memory
         self.transform = transform
         self._layout = reader.read_layout(self.path)
@@ -341,20 +348,18 @@ class Batch(SequenceABC):
             j += n
         if not 0 <= j < n:
             raise IndexError(f"batch index {j} out of range for a batch of {n} rows")
-        row = {}
-        for name in self.dataset.names:
-            col = self.column(name)
-            if isinstance(col, tuple):
-                flat, offsets = col
-                row[name] = flat[offsets[j] : offsets[j + 1]]
-            elif isinstance(col, np.ndarray) and col.ndim == 1:
-                row[name] = col[j].item()
-            else:
-                row[name] = col[j]
-        return row
+        return self._rows(j, j + 1)[0]
+
+    def _rows(self, start: int, stop: int) -> list[dict[str, Any]]:
+        names = self.dataset.names
+        return batch_rows(tuple(names), [self.column(name) for name in names], start, stop)
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [self[j] for j in range(len(self))]
+        """Every row as a new dict, built in one compiled call."""
+        return self._rows(0, len(self.indices))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.to_list())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Batch):
@@ -399,6 +404,7 @@ def _legacy_create(
         "transform",
         "to_memory",
         "multiprocess",
+        "append_mode",
     )
     if len(args) > len(names):
         raise TypeError(f"H5Dataset(schema, ...) takes at most {len(names)} more arguments")
@@ -413,7 +419,15 @@ def _legacy_create(
         raise TypeError("H5Dataset(schema, path, data_iter) needs a path")
     path = os.fspath(params["path"])
     schema_obj = Schema.coerce(schema)
-    if not os.path.exists(path):
+    if os.path.exists(path) and params.get("append_mode"):
+        with H5Writer(path, schema_obj, mode="a", progress=False) as writer:
+            for row in params.get("data_iter") or ():
+                writer.write(row)
+    elif os.path.exists(path):
+        # 1.0.4 opens an existing file as it is (a script run again reads what
+        # it wrote): its schema must be the given one.
+        check_file_schema(path, schema_obj)
+    else:
         data_iter = params.get("data_iter")
         if data_iter is None:
             raise FileNotFoundError(f"{path} does not exist and no data_iter was given to write it")

@@ -206,6 +206,20 @@ def test_decoder_equals_reference(inputs, min_len):
     checked = fast.rows_index(idx)
     _same(checked, ref.rows_index(idx))
     _same(fast.rows_index(np.array(idx, np.int32)), checked)
+    columns = [fast.column(k, checked) for k in range(len(fields))]
+    names = tuple(fast.names)
+    for start, stop in ((0, len(checked)), (len(checked) // 2, len(checked))):
+        fast_rows = _fast.batch_rows(names, columns, start, stop)
+        ref_rows = _reference.batch_rows(names, columns, start, stop)
+        assert len(fast_rows) == len(ref_rows) == stop - start
+        for a, b in zip(fast_rows, ref_rows, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert type(a[key]) is type(b[key])
+                _same(a[key], b[key])
+    if fields:
+        with pytest.raises(IndexError):
+            _fast.batch_rows(names, columns, 0, len(checked) + 1)
     rng = np.random.default_rng(len(idx))
     for k, field in enumerate(fields):
         _same(fast.column(k, checked), ref.column(k, checked))
