@@ -122,6 +122,9 @@ def test_cold_batches_and_rows_read_back_exactly(cold_file):
     for i in rng.integers(0, len(rows), 200).tolist():  # past several residency checks
         assert ds[i] == rows[i]
     assert ds[100:900].to_list() == rows[100:900]
+    _evict(path)
+    ds = H5Dataset(path)
+    assert [ds[i] for i in range(len(rows))] == rows  # in order: read-ahead windows
 
 
 def test_prefetch_fetches_only_when_the_sample_misses(cold_file):
