@@ -1,19 +1,23 @@
 """Timing and reporting helpers for the benchmarks.
 
 Rates are medians over repeats, so one slow repeat (a page-cache miss, a
-background process) does not move the result. Every measurement here is of
-warm files: see :func:`drop_caches_not_possible_note`.
+background process) does not move the result. Most sections measure warm
+files (see :func:`drop_caches_not_possible_note`); the cold section makes
+files cold with :func:`evict` and counts disk reads with :class:`DiskReads`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def median_rate(
@@ -68,9 +72,11 @@ def median_rate(
 def drop_caches_not_possible_note() -> str:
     """Explain, for a report, why reads are measured with warm caches."""
     return (
-        "All files are read warm from the OS page cache: the benchmark does not "
-        "drop caches (that needs root and slows every process on the machine), "
-        "so the numbers measure decoding and lookup cost rather than disk speed."
+        "The core, compression and memory sections read files warm from the OS page "
+        "cache: the benchmark does not drop caches (that needs root and slows every "
+        "process on the machine), so those numbers measure decoding and lookup cost "
+        "rather than disk speed. The cold section evicts its own files from the page "
+        "cache before each measurement instead."
     )
 
 
@@ -193,6 +199,109 @@ def child_pids(pid: int) -> list[int]:
     return sorted(set(children))
 
 
+# --- cold page cache --------------------------------------------------------
+
+
+def files_in(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The files among ``paths``, with folders replaced by the files under them."""
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            out.extend(str(p) for p in sorted(Path(path).rglob("*")) if p.is_file())
+        else:
+            out.append(os.fspath(path))
+    return out
+
+
+def sync(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """``fsync`` files (and the files in folders): dirty pages cannot be evicted."""
+    for path in files_in(paths):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def evict(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Drop files (and the files in folders) from the OS page cache, without root.
+
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` drops the clean pages of a file
+    that no process has mapped. So :func:`sync` files once after writing
+    them, and release memory maps of them (close the datasets) before
+    evicting: pages mapped by a live memory map stay in the cache.
+    """
+    for path in files_in(paths):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+class DiskReads:
+    """Bytes read from disk so far, by this process or by a whole device.
+
+    Call the instance for the current count; differences between two calls
+    are what a measurement read.
+
+    Parameters
+    ----------
+    folder : str, optional
+        None counts this process: ``read_bytes`` of ``/proc/self/io``, the
+        reads it caused (its threads and readahead included, its child
+        processes not). A folder counts the device holding it: sectors read
+        in ``/proc/diskstats``, which includes DataLoader workers and also
+        every other process using that disk.
+
+    Attributes
+    ----------
+    source : str
+        Where the counts come from, for the report.
+    available : bool
+        False when the folder's device is not in ``/proc/diskstats`` (e.g.
+        an overlay or network file system); the count is then always 0.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
+        self.device: str | None = None
+        if folder is None:
+            self.source = "/proc/self/io read_bytes"
+            self.available = Path("/proc/self/io").exists()
+            return
+        st_dev = os.stat(folder).st_dev
+        wanted = (os.major(st_dev), os.minor(st_dev))
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            major, minor, name = line.split()[:3]
+            if (int(major), int(minor)) == wanted:
+                self.device = name
+        self.available = self.device is not None
+        where = self.device or f"device {wanted[0]}:{wanted[1]}, not listed"
+        self.source = f"/proc/diskstats sectors read ({where})"
+
+    def __call__(self) -> int:
+        if not self.available:
+            return 0
+        if self.device is None:
+            for line in Path("/proc/self/io").read_text().splitlines():
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+            return 0
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            fields = line.split()
+            if fields[2] == self.device:
+                return 512 * int(fields[5])  # sectors are 512 bytes in diskstats
+        return 0
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (``VmRSS`` of ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 # --- DataLoader throughput --------------------------------------------------
 
 
@@ -215,6 +324,40 @@ class BlankDataset:
 def list_collate(batch: list) -> list:
     """Collate function that keeps a batch as the list of rows."""
     return batch
+
+
+def simple_collate(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Collate a batch the plain way: iterate its rows as dicts.
+
+    What a user writes without h5record's collate: strings and bytes stay
+    lists, numbers become one tensor per field, 1-D arrays (sequences) are
+    padded with zeros to the longest row and come with
+    ``<name>_lengths``.
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        A list of row dicts, or an h5record ``Batch`` (iterated row by row).
+    """
+    import torch
+
+    rows = list(rows)
+    out: dict[str, Any] = {}
+    for name in rows[0] if rows else ():
+        values = [row[name] for row in rows]
+        first = values[0]
+        if isinstance(first, (str, bytes)):
+            out[name] = values
+        elif isinstance(first, np.ndarray):
+            lengths = [len(v) for v in values]
+            padded = np.zeros((len(values), max(lengths)), dtype=first.dtype)
+            for k, value in enumerate(values):
+                padded[k, : len(value)] = value
+            out[name] = torch.from_numpy(padded)
+            out[f"{name}_lengths"] = torch.tensor(lengths)
+        else:
+            out[name] = torch.tensor(values)
+    return out
 
 
 def batch_rows(batch: Any) -> int:
@@ -268,6 +411,7 @@ def dataloader_rate(
     time_budget: float = 2.0,
     seed: int = 0,
     loader_cls: Any = None,
+    num_samples: int | None = None,
 ) -> LoaderRate:
     """Rows per second through a ``torch.utils.data.DataLoader``.
 
@@ -299,24 +443,32 @@ def dataloader_rate(
         Seed of the shuffling order.
     loader_cls : class, optional
         DataLoader class to use (default ``torch.utils.data.DataLoader``).
+    num_samples : int, optional
+        With ``shuffle``, draw only this many distinct random rows (a
+        ``RandomSampler`` without replacement): a bounded run in which the
+        workers prefetch nothing past its last batch.
 
     Returns
     -------
     LoaderRate
     """
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler
 
     runs = []
     for repeat in range(repeats):
+        generator = torch.Generator().manual_seed(seed + repeat)
+        order: dict[str, Any] = {"shuffle": shuffle, "generator": generator}
+        if shuffle and num_samples is not None:
+            sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
+            order = {"sampler": sampler}
         loader = (loader_cls or DataLoader)(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             num_workers=num_workers,
             collate_fn=collate_fn,
             multiprocessing_context=mp_context if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed + repeat),
+            **order,
         )
         limit = len(loader) if max_batches is None else min(max_batches, len(loader))
         start = time.perf_counter()
