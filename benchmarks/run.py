@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 import h5record
-from h5record import Bytes, Float, H5Dataset, H5Writer, Integer, Sequence, String, codecs
+from h5record import H5Dataset, H5Writer, codecs
 
 from . import harness, workloads
 from .baselines import FlatMemmapDataset, LegacyH5Dataset
 from .harness import Table
+from .workloads import SCHEMAS
 
 BATCH = 256
 SEED = 0
@@ -45,12 +46,6 @@ SEED = 0
 H5R = "h5record"
 MEMMAP = "(b) numpy memmap"
 LEGACY = "(a) 1.0.4 layout"
-
-SCHEMAS: dict[str, list] = {
-    "text": [String("sentence1"), String("sentence2"), Float("label")],
-    "images": [Bytes("image"), Integer("label")],
-    "tokens": [Sequence("tokens", dtype="int32")],
-}
 
 ZSTD_RA = "h5record zstd (random access)"
 ZSTD_SF = "h5record zstd (size first, 2 KiB)"

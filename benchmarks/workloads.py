@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from h5record import Bytes, Float, Integer, Sequence, String
+
 from . import _images, _text
 
 TEXT_ROWS = 1_000_000
@@ -40,6 +42,13 @@ TOKEN_MIN, TOKEN_MAX = 32, 2048
 VOCAB_SIZE = 50_000
 # Generated sentences: enough that a row's text rarely repeats nearby.
 GENERATED_POOL = 50_000
+
+# The h5record schema each workload is written with.
+SCHEMAS: dict[str, list] = {
+    "text": [String("sentence1"), String("sentence2"), Float("label")],
+    "images": [Bytes("image"), Integer("label")],
+    "tokens": [Sequence("tokens", dtype="int32")],
+}
 
 
 @dataclass
