@@ -240,6 +240,18 @@ class ZstdBlockEncoder:
         self._cctx = self._compressor(self.dictionary)
         return True
 
+    def restore(self, config: dict[str, Any], dictionary: bytes | None) -> None:
+        """Continue the plan stored in a file's codec entry (append, resume)."""
+        self.rows_per_block = int(config["rows_per_block"])
+        self.max_block_bytes = int(config.get("max_block_bytes", 0))
+        self.dictionary = dictionary
+        self._cctx = self._compressor(dictionary)
+
+    def decode(self, frame: bytes) -> bytes:
+        """Decompress one frame written by this encoder."""
+        dict_data = self._zstd.ZstdCompressionDict(self.dictionary) if self.dictionary else None
+        return bytes(self._zstd.ZstdDecompressor(dict_data=dict_data).decompress(frame))
+
     def encode(self, flat: np.ndarray, offsets: np.ndarray | None) -> tuple[bytes, np.ndarray]:
         """Compress whole blocks of rows; return the frames and each frame's size."""
         raw, segments = self._blocks(flat, offsets)

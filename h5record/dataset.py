@@ -433,11 +433,22 @@ def _legacy_create(
             raise FileNotFoundError(f"{path} does not exist and no data_iter was given to write it")
         # chunk_size and multiprocess of 1.0.4 need no equivalent: chunking is
         # chosen per field, and every read mode is multi-process safe.
-        with H5Writer(
-            path, schema_obj, compression=params.get("compression"), total=params.get("data_length")
-        ) as writer:
+        # 1.0.4 wrote a file or nothing: a failed write leaves nothing (overwrite=True
+        # also clears what an earlier, killed run left).
+        writer = H5Writer(
+            path,
+            schema_obj,
+            compression=params.get("compression"),
+            total=params.get("data_length"),
+            overwrite=True,
+        )
+        try:
             for row in data_iter:
                 writer.write(row)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
     if transform is None:
         transform = params.get("transform")
     if in_memory is None and params.get("to_memory"):

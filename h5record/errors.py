@@ -23,3 +23,11 @@ class RowTypeError(RowError, TypeError):
 
 class FormatError(H5RecordError, ValueError):
     """A file is not an h5record file, is of an unknown version, or is damaged."""
+
+
+class WriteError(H5RecordError, OSError):
+    """The operating system refused a write (a full disk, say).
+
+    The message names the file, what was being written and the free space;
+    ``errno`` is the system's. The rows of the last commit stay readable.
+    """

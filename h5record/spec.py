@@ -33,3 +33,11 @@ CODEC_IDS = (CODEC_NONE, CODEC_LZF, CODEC_GZIP, CODEC_ZSTD)
 def field_path(name: str, dataset: str) -> str:
     """HDF5 path of one dataset of a field."""
     return f"{FIELDS_GROUP}/{name}/{dataset}"
+
+
+# Writing (section 9). An unfinished new file lives at <path>.partial; a
+# commit in progress keeps the old content of the pages it changes in
+# <file>.journal.
+PARTIAL_SUFFIX = ".partial"
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_MAGIC = b"H5RJRNL1"

@@ -2,16 +2,21 @@
 
 Rows are checked as they arrive, buffered per field, and appended to
 chunked HDF5 datasets a few MiB at a time, so memory stays bounded and no
-HDF5 call is made per row. The file is written under a temporary name in
-the target folder and renamed into place only when it is complete.
+HDF5 call is made per row. A new file is written as ``<path>.partial`` and
+renamed into place only when it is complete; commits (periodic, on a
+signal, on close) follow docs/FORMAT.md, section 9, through
+:class:`~h5record.commit.CommitFile`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,7 +26,8 @@ import numpy as np
 from . import codecs, spec
 from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
 from ._version import __version__
-from .errors import H5RecordError, RowError, RowTypeError
+from .commit import CommitFile, fsync_dir, journal_path, write_error
+from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, String
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
@@ -41,12 +47,20 @@ class _Column:
     """Buffered, not yet written values of one field."""
 
     def __init__(
-        self, group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int
+        self,
+        group: h5py.Group,
+        field: Field,
+        codec: dict[str, Any],
+        chunk_bytes: int,
+        rows: int | None = None,
     ) -> None:
         self.field = field
         self.rows: list[Any] = []  # values of single rows, not yet joined
         self.parts: list[Any] = []  # joined (flat, lengths) pieces, not yet written
         self.pending_bytes = 0
+        if rows is not None:
+            self._open(group, rows)
+            return
         elem_shape = field.element_shape
         filters = codecs.hdf5_filter(codec)
         values_chunk = chunk_bytes
@@ -72,13 +86,24 @@ class _Column:
                 dtype="<i8",
             )
             self.offsets[0] = 0
-            self.lengths: list[int] = []
+
+    def _open(self, group: h5py.Group, rows: int) -> None:
+        """Continue the committed rows of an existing file; later data is dropped."""
+        self.values = _resizable_dataset(group, spec.VALUES)
+        self.offsets = None
+        if self.field.variable:
+            self.offsets = _resizable_dataset(group, spec.OFFSETS)
+            self.offsets.resize((rows + 1,))
+            self.end = int(self.offsets[rows])
+        else:
+            self.end = rows
+        self.values.resize((self.end, *self.field.element_shape))
 
     def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         if not self.parts:
             return
         if self.field.variable:
@@ -97,6 +122,9 @@ class _Column:
         self.parts.clear()
         self.pending_bytes = 0
 
+    def commit_tail(self) -> None:
+        """Everything is written by :meth:`flush`; nothing is held back."""
+
     def finish(self) -> None:
         self.flush()
 
@@ -105,6 +133,16 @@ class _Column:
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return codec
+
+
+def _resizable_dataset(group: h5py.Group, name: str) -> h5py.Dataset:
+    dset = group.get(name)
+    if not isinstance(dset, h5py.Dataset) or dset.maxshape[0] is not None:
+        raise FormatError(
+            f"{group.file.filename}: {group.name}/{name} is missing or cannot grow "
+            "(not a chunked dataset with maxshape None); rows cannot be added to this file"
+        )
+    return dset
 
 
 def _resizable(
@@ -130,11 +168,27 @@ def _append(dset: h5py.Dataset, data: np.ndarray) -> None:
         dset[end:] = data
 
 
+# zstd fields plan their blocks (rows per block, dictionary) on the first
+# rows; they wait for this much data, or for a commit, before they do.
+ZSTD_PLAN_BYTES = 8 << 20
+
+
 class _ZstdColumn:
-    """Buffered rows of a zstd field, written as whole blocks of rows."""
+    """Buffered rows of a zstd field, written as whole blocks of rows.
+
+    The rows of an unfinished last block stay buffered. A commit writes them
+    as a last, short frame (FORMAT.md allows it) that the next flush
+    replaces by the full block, so the block layout is the one of an
+    uninterrupted write.
+    """
 
     def __init__(
-        self, group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int
+        self,
+        group: h5py.Group,
+        field: Field,
+        codec: dict[str, Any],
+        chunk_bytes: int,
+        rows: int | None = None,
     ) -> None:
         self.group = group
         self.chunk_bytes = chunk_bytes
@@ -148,13 +202,45 @@ class _ZstdColumn:
         self.planned = False
         self.values: h5py.Dataset | None = None
         self.blocks: h5py.Dataset | None = None
-        self.written = 0  # compressed bytes in values
+        self.written = 0  # compressed bytes of whole blocks in values
+        self.tail = False  # values and blocks end with a short frame of a commit
+        if rows is not None:
+            self._open(rows)
+
+    def _open(self, rows: int) -> None:
+        self.planned = True
+        self.values = _resizable_dataset(self.group, spec.VALUES)
+        self.blocks = _resizable_dataset(self.group, spec.BLOCKS)
+        dictionary = None
+        if self.codec.get("dictionary"):
+            dictionary = self.group[spec.DICTIONARY][()].tobytes()
+        self.encoder.restore(self.codec, dictionary)
+        R = self.encoder.rows_per_block
+        whole, rest = divmod(rows, R)
+        self.written = int(self.blocks[whole])
+        if rest:  # the committed short block becomes buffered rows again
+            frame = self.values[self.written : int(self.blocks[whole + 1])].tobytes()
+            self.parts.append(self._rows_of(self.encoder.decode(frame), rest))
+            self.pending_bytes = self.parts[0][0].nbytes
+        self.blocks.resize((whole + 1,))
+        self.values.resize((self.written,))
+
+    def _rows_of(self, raw: bytes, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        field = self.field
+        if not field.variable:
+            flat = np.frombuffer(raw, field.dtype).reshape((n, *field.element_shape))
+            return flat.copy(), None
+        lengths = np.frombuffer(raw, "<u4", n).astype(np.int64)
+        flat = np.frombuffer(raw, field.dtype, offset=4 * n)
+        return flat.reshape((-1, *field.element_shape)).copy(), lengths
 
     def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
         if self.plain is not None:
             self.plain.append_many(flat, lengths)
-        else:
+        elif self.planned:
             self.parts.append((flat, lengths))
+        else:  # kept until the plan: never the caller's own array
+            self.parts.append((flat.copy(), None if lengths is None else lengths.copy()))
         self.pending_bytes += flat.nbytes
 
     def _plan(self, flat: np.ndarray, offsets: np.ndarray | None) -> None:
@@ -173,13 +259,20 @@ class _ZstdColumn:
                 spec.DICTIONARY, data=np.frombuffer(self.encoder.dictionary, np.uint8)
             )
 
-    def flush(self, final: bool = False) -> None:
+    def flush(self, final: bool = False, plan: bool = False) -> None:
         if self.plain is not None:
             self.plain.flush()
             self.pending_bytes = 0
             return
         if not self.parts:
             return
+        if not (self.planned or final or plan) and self.pending_bytes < ZSTD_PLAN_BYTES:
+            return  # too few rows yet to choose the block size and dictionary from
+        if self.tail:  # the next block replaces the short frame of the last commit
+            assert self.values is not None and self.blocks is not None
+            self.blocks.resize((self.blocks.shape[0] - 1,))
+            self.values.resize((self.written,))
+            self.tail = False
         flat = _join([p[0] for p in self.parts], self.field)
         lengths = np.concatenate([p[1] for p in self.parts]) if self.field.variable else None
         self.parts.clear()
@@ -219,6 +312,34 @@ class _ZstdColumn:
         else:
             self.pending_bytes = 0
 
+    def commit_tail(self) -> None:
+        """Write the rows of the unfinished block as a short last frame, and keep them."""
+        if not self.planned and self.parts:
+            self.flush(plan=True)
+        if self.plain is not None or not self.parts:
+            return
+        if self.tail:
+            assert self.values is not None and self.blocks is not None
+            self.blocks.resize((self.blocks.shape[0] - 1,))
+            self.values.resize((self.written,))
+            self.tail = False
+        flat, lengths = self.parts[0] if len(self.parts) == 1 else self._joined()
+        self.parts[:] = [(flat, lengths)]
+        offsets = None
+        if lengths is not None:
+            offsets = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+        frame, sizes = self.encoder.encode(flat, offsets)
+        assert self.values is not None and self.blocks is not None and len(sizes) == 1
+        _append(self.values, np.frombuffer(frame, np.uint8))
+        _append(self.blocks, np.array([self.written + len(frame)], np.int64))
+        self.tail = True
+
+    def _joined(self) -> tuple[np.ndarray, np.ndarray | None]:
+        flat = _join([p[0] for p in self.parts], self.field)
+        lengths = np.concatenate([p[1] for p in self.parts]) if self.field.variable else None
+        return flat, lengths
+
     def finish(self) -> None:
         if not self.planned and not self.parts:
             self.parts.append(
@@ -227,6 +348,8 @@ class _ZstdColumn:
                     np.zeros(0, np.int64) if self.field.variable else None,
                 )
             )
+        if self.tail and not self.parts:
+            return  # the short frame of the last commit is the final block
         self.flush(final=True)
 
     def datasets(self) -> list[h5py.Dataset]:
@@ -244,10 +367,16 @@ def _is_scalar(field: Field) -> bool:
     return not field.variable and field.element_shape == ()
 
 
-def _make_column(group: h5py.Group, field: Field, codec: dict[str, Any], chunk_bytes: int) -> Any:
+def _make_column(
+    group: h5py.Group,
+    field: Field,
+    codec: dict[str, Any],
+    chunk_bytes: int,
+    rows: int | None = None,
+) -> Any:
     if codec["id"] == spec.CODEC_ZSTD:
-        return _ZstdColumn(group, field, codec, chunk_bytes)
-    return _Column(group, field, codec, chunk_bytes)
+        return _ZstdColumn(group, field, codec, chunk_bytes, rows)
+    return _Column(group, field, codec, chunk_bytes, rows)
 
 
 def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
@@ -256,20 +385,31 @@ def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
     return np.concatenate(parts).astype(field.dtype, copy=False)
 
 
+# Periodic commits (docs/FORMAT.md, section 9): by default every 60 seconds,
+# a bound on the work a kill can lose that costs well under 1% of the time.
+COMMIT_SECONDS = 60.0
+_INTERRUPTS = ("SIGINT", "SIGTERM")
+
+
 class H5Writer:
-    """Write rows into a new h5record file.
+    """Write rows into an h5record file, with commits that survive a kill.
 
     Parameters
     ----------
     path:
-        Destination. It appears only when the writer closes successfully.
+        Destination. A new file is written as ``<path>.partial`` and renamed
+        to ``path`` when the writer closes successfully.
     schema:
         A :class:`~h5record.Schema`, or a tuple, list or dict of fields.
+        Optional with ``mode='a'`` and ``resume=True``, where the file's
+        schema is used; if given, it must match the file's.
     compression:
         Default codec of every field that sets none: ``None``, ``'lzf'``,
-        ``'gzip'``, ``('gzip', level)``.
+        ``'gzip'``, ``('gzip', level)``. A file that is continued keeps its
+        own codecs.
     overwrite:
-        Replace an existing file at ``path`` on close (default: refuse).
+        Replace an existing file at ``path`` on close (default: refuse), and
+        discard a ``<path>.partial`` left by an interrupted write.
     progress:
         Show a progress bar; ``None`` shows one when stderr is a terminal.
     total:
@@ -277,6 +417,25 @@ class H5Writer:
     chunk_bytes:
         Target size of an HDF5 chunk. The default (1 MiB) keeps chunk tables
         small for huge files; small files waste less with smaller chunks.
+    mode:
+        ``'w'`` (default) writes a new file; ``'a'`` appends rows to the
+        complete h5record file at ``path``, with its schema and codecs.
+    resume:
+        Continue the write that ``<path>.partial`` holds from its last
+        commit; :attr:`num_rows` then says how many rows it has, that is how
+        many source rows to skip. Without a ``.partial`` file a new write starts.
+    commit_every:
+        Commit after every this many rows (default: no row limit).
+    commit_seconds:
+        Commit when this many seconds have passed since the last commit
+        (default 60; ``None`` for no time limit). It is checked when
+        buffered rows are written out, at least about once a second.
+
+    A commit makes every row written so far durable: a kill (even SIGKILL)
+    loses at most the rows written since. SIGINT and SIGTERM received while
+    the writer is open commit first, then act as they would have. Leaving a
+    ``with`` block by an exception commits too and keeps ``<path>.partial``
+    for ``resume=True``; :meth:`abort` drops everything since the last commit.
 
     Examples
     --------
@@ -292,47 +451,82 @@ class H5Writer:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        schema: Any,
+        schema: Any = None,
         compression: Any = None,
         overwrite: bool = False,
         progress: bool | None = None,
         total: int | None = None,
         chunk_bytes: int = spec.TARGET_CHUNK_BYTES,
+        mode: str = "w",
+        resume: bool = False,
+        commit_every: int | None = None,
+        commit_seconds: float | None = COMMIT_SECONDS,
     ) -> None:
         self.path = os.fspath(path)
+        self._closed = True  # until the file is open
+        self._packer: RowPacker | None = None
+        self._io: CommitFile | None = None
+        self._file: h5py.File | None = None
+        self._handlers: dict[int, Any] = {}
         if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
-        self.schema = Schema.coerce(schema)
-        if os.path.exists(self.path) and not overwrite:
-            raise FileExistsError(
-                f"{self.path} exists; pass overwrite=True to replace it, or open it with H5Dataset"
-            )
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' (new file) or 'a' (append), got {mode!r}")
+        if resume and mode != "w":
+            raise ValueError("resume=True continues a new file (mode='w'); mode='a' appends")
+        if commit_every is not None and (not isinstance(commit_every, int) or commit_every < 1):
+            raise ValueError(f"commit_every must be a positive int or None, got {commit_every!r}")
+        if commit_seconds is not None and not commit_seconds > 0:
+            raise ValueError(f"commit_seconds must be positive or None, got {commit_seconds!r}")
+        self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
+        self.mode = mode
+        given = None if schema is None else Schema.coerce(schema)
         default_codec = codecs.parse(compression)
         folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp_path = tempfile.mkstemp(
-            prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder
-        )
-        os.close(fd)
-        self._packer: RowPacker | None = None
-        self._closed = False
-        try:
-            self._file = h5py.File(self._tmp_path, "w")
-            self._codecs = {}
-            self._columns: list[_Column] = []
-            fields_group = self._file.create_group(spec.FIELDS_GROUP)
-            for field in self.schema:
-                codec = field.codec or default_codec
-                if field.codec is None and codec["id"] == spec.CODEC_ZSTD and _is_scalar(field):
-                    # A dataset-wide zstd default skips scalars: 8 bytes a row gain
-                    # little, and would cost a block decompression on every read.
-                    codec = {"id": spec.CODEC_NONE}
-                self._codecs[field.name] = codec
-                self._columns.append(
-                    _make_column(fields_group.create_group(field.name), field, codec, chunk_bytes)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                errno.ENOENT, f"folder {folder} does not exist (writing {self.path})", folder
+            )
+        self._file_path = self.path if mode == "a" else self.path + spec.PARTIAL_SUFFIX
+        existing = mode == "a"
+        if mode == "a":
+            if not os.path.exists(self.path):
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    f"{self.path} does not exist; mode='a' appends to a file",
+                    self.path,
                 )
+        else:
+            if os.path.exists(self.path) and not overwrite:
+                raise FileExistsError(
+                    f"{self.path} exists; pass overwrite=True to replace it, mode='a' to "
+                    "append to it, or open it with H5Dataset"
+                )
+            if os.path.exists(self._file_path):
+                if resume:
+                    existing = True
+                elif overwrite:
+                    _remove(self._file_path)
+                else:
+                    raise FileExistsError(
+                        f"{self._file_path} holds {_describe_partial(self._file_path)} of an "
+                        "interrupted write; pass resume=True to continue it, or overwrite=True "
+                        "to start again"
+                    )
+        if not existing and given is None:
+            raise TypeError("H5Writer needs a schema to write a new file")
+        self._schema_json = ""
+        try:
+            if existing:
+                self._open_existing(given, chunk_bytes)
+            else:
+                self._create(given, default_codec, chunk_bytes)
         except BaseException:
-            self._discard()
+            # A file this writer did not create (another writer's) is never removed.
+            self._release(remove=not existing and self._io is not None)
             raise
+        self._closed = False
         self._names = self.schema.names
         self._name_set = frozenset(self._names)
         self._fields = self.schema.fields
@@ -345,16 +539,105 @@ class H5Writer:
             tuple(f.convert for f in self._fields),
             [c.rows for c in self._columns],
         )
-        self._packer.flush_rows = FLUSH_ROWS
+        self._packer.rows = self._committed_rows
         self._packer.flush_bytes = FLUSH_BYTES
+        self._busy = 0
+        self._signal: int | None = None
         self._bar = _progress_bar(progress, total, self.path)
+        if self._bar is not None:
+            self._bar.n = self._committed_rows
         self._start = time.perf_counter()
         self._bytes_written = 0
+        self._last_commit = self._last_flush = time.monotonic()
+        self._packer.flush_rows = self._next_flush_rows(0, 0.0)
+        self._install_handlers()
+
+    # -- opening -----------------------------------------------------------
+    def _create(self, schema: Schema, default_codec: dict[str, Any], chunk_bytes: int) -> None:
+        self.schema = schema
+        self._committed_rows = 0
+        try:
+            self._io = CommitFile(self._file_path, create=True)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{self._file_path} appeared while opening it: is another writer writing "
+                f"{self.path}?"
+            ) from None
+        self._io.what = "the file's structure"
+        self._file = h5py.File(self._io, "w")
+        self._codecs: dict[str, dict[str, Any]] = {}
+        self._columns: list[Any] = []
+        fields_group = self._file.create_group(spec.FIELDS_GROUP)
+        for field in self.schema:
+            codec = field.codec or default_codec
+            if field.codec is None and codec["id"] == spec.CODEC_ZSTD and _is_scalar(field):
+                # A dataset-wide zstd default skips scalars: 8 bytes a row gain
+                # little, and would cost a block decompression on every read.
+                codec = {"id": spec.CODEC_NONE}
+            self._codecs[field.name] = codec
+            self._columns.append(
+                _make_column(fields_group.create_group(field.name), field, codec, chunk_bytes)
+            )
+        # The skeleton is committed without num_rows: a file with nothing committed.
+        f = self._file
+        f.attrs[spec.ATTR_FORMAT] = spec.FORMAT_NAME
+        f.attrs[spec.ATTR_VERSION] = np.int64(spec.FORMAT_VERSION)
+        f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
+        f.flush()
+        self._io.commit()
+
+    def _open_existing(self, given: Schema | None, chunk_bytes: int) -> None:
+        path = self._file_path
+        try:
+            self._io = CommitFile(path, create=False)
+        except OSError as exc:
+            raise write_error(path, exc, "the rollback of an interrupted commit") from exc
+        try:
+            self._file = h5py.File(self._io, "r+")
+        except OSError as exc:
+            raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        f = self._file
+        if f.attrs.get(spec.ATTR_FORMAT) != spec.FORMAT_NAME:
+            raise FormatError(f"{path}: not an h5record file")
+        version = int(f.attrs.get(spec.ATTR_VERSION, 0))
+        if version != spec.FORMAT_VERSION:
+            raise FormatError(
+                f"{path}: written in h5record format version {version}; this h5record "
+                f"adds rows to version {spec.FORMAT_VERSION} files only"
+            )
+        if spec.ATTR_NUM_ROWS not in f.attrs or spec.ATTR_SCHEMA not in f.attrs:
+            if self.mode == "a":
+                raise FormatError(f"{path}: has no committed rows (no num_rows attribute)")
+            # Killed before its first commit: nothing to keep, start again.
+            if given is None:
+                raise TypeError(f"{path} has no committed rows yet: give a schema to start again")
+            self._release(remove=True)
+            self._create(given, codecs.parse(None), chunk_bytes)
+            return
+        text = f.attrs[spec.ATTR_SCHEMA]
+        self._schema_json = text.decode() if isinstance(text, bytes) else str(text)
+        stored = Schema.from_json(self._schema_json)
+        if given is not None:
+            _check_same_schema(given, stored, path)
+        self.schema = given if given is not None else stored
+        self._committed_rows = rows = int(f.attrs[spec.ATTR_NUM_ROWS])
+        self._codecs = {}
+        self._columns = []
+        for field, kept in zip(self.schema, stored, strict=True):
+            codec = dict(kept.codec or {"id": spec.CODEC_NONE})
+            self._codecs[field.name] = codec
+            group = f[spec.field_path(field.name, "")[:-1]]
+            self._columns.append(_make_column(group, field, codec, chunk_bytes, rows))
 
     @property
     def num_rows(self) -> int:
-        """Rows written so far, buffered ones included."""
-        return 0 if self._packer is None else self._packer.rows
+        """Rows written so far, buffered ones included (those of the file, when continued)."""
+        return self._committed_rows if self._packer is None else self._packer.rows
+
+    @property
+    def committed_rows(self) -> int:
+        """Rows that the last commit made durable."""
+        return self._committed_rows
 
     # -- context manager ------------------------------------------------
     def __enter__(self) -> H5Writer:
@@ -364,7 +647,7 @@ class H5Writer:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self._interrupted()
 
     # -- writing ---------------------------------------------------------
     def write(self, row: Mapping[str, Any]) -> None:
@@ -406,13 +689,17 @@ class H5Writer:
         n = lengths[self._names[0]]
         if any(v != n for v in lengths.values()):
             raise RowError(f"write_batch columns differ in length: {lengths}")
-        self._flush_rows()
-        converted = [
-            field.convert_column(columns[field.name], self.num_rows) for field in self._fields
-        ]
-        for column, (flat, lens) in zip(self._columns, converted, strict=True):
-            column.append_many(flat, lens)
-        self._packer.rows += n
+        self._busy += 1
+        try:
+            self._flush_rows()
+            converted = [
+                field.convert_column(columns[field.name], self.num_rows) for field in self._fields
+            ]
+            for column, (flat, lens) in zip(self._columns, converted, strict=True):
+                column.append_many(flat, lens)
+            self._packer.rows += n
+        finally:
+            self._leave()
         self.flush()
 
     def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
@@ -447,15 +734,23 @@ class H5Writer:
         self._packer.pending_rows = 0
 
     def flush(self) -> None:
-        """Write everything buffered to the file."""
+        """Write everything buffered to the file (not yet committed), and commit when due."""
         self._check_open()
-        self._flush_rows()
-        written = 0
-        for column in self._columns:
-            written += column.pending_bytes
-            column.flush()
-        self._bytes_written += written
-        self._packer.pending_bytes = 0
+        self._busy += 1
+        try:
+            self._write_columns()
+            now = time.monotonic()
+            self._packer.flush_rows = self._next_flush_rows(
+                self._packer.rows - self._committed_rows, now - self._last_flush
+            )
+            self._last_flush = now
+            if self._commit_due(now):
+                self._commit()
+        finally:
+            self._leave()
+        self._update_bar()
+
+    def _update_bar(self) -> None:
         if self._bar is not None:
             self._bar.n = self.num_rows
             elapsed = max(time.perf_counter() - self._start, 1e-9)
@@ -464,66 +759,314 @@ class H5Writer:
             )
             self._bar.refresh()
 
-    # -- finishing -------------------------------------------------------
-    def close(self) -> None:
-        """Flush, commit the file and move it to its path."""
-        if self._closed:
-            return
+    def _write_columns(self, final: bool = False) -> None:
+        self._flush_rows()
+        written = 0
+        assert self._io is not None
         try:
-            self.flush()
+            for column in self._columns:
+                written += column.pending_bytes
+                self._io.what = f"rows up to {self.num_rows} of field {column.field.name!r}"
+                if final:
+                    column.finish()
+                else:
+                    column.flush()
+        except Exception as exc:
+            self._raise_io_error(exc)
+        self._io.check()
+        self._bytes_written += written
+        self._packer.pending_bytes = 0
+
+    def _raise_io_error(self, exc: BaseException) -> None:
+        """An HDF5 error caused by a refused write becomes that write's error."""
+        if self._io is not None and self._io.error is not None:
+            raise self._io.error from None
+        raise exc
+
+    def _next_flush_rows(self, since_commit: int, seconds: float) -> int:
+        """Rows to buffer before the next flush: commits come on time, flushes stay large."""
+        rows = FLUSH_ROWS
+        if self.commit_every is not None:
+            rows = min(rows, max(1, self.commit_every - since_commit))
+        if self.commit_seconds is not None:
+            if seconds <= 0:
+                return min(rows, 1024)
+            # About one flush a second at the rate of the last flush.
+            flushed = self._packer.flush_rows if self._packer is not None else 1
+            rows = min(rows, max(1, int(flushed / seconds)))
+        return rows
+
+    def _commit_due(self, now: float) -> bool:
+        new = self._packer.rows - self._committed_rows
+        if not new:
+            return False
+        if self.commit_every is not None and new >= self.commit_every:
+            return True
+        return self.commit_seconds is not None and now - self._last_commit >= self.commit_seconds
+
+    # -- commits -----------------------------------------------------------
+    def commit(self) -> None:
+        """Make every row written so far durable (docs/FORMAT.md, section 9)."""
+        self._check_open()
+        self._busy += 1
+        try:
+            self._write_columns()
             self._commit()
-            self._file.close()
-            os.replace(self._tmp_path, self.path)
-        except BaseException:
-            self._discard()
-            raise
-        self._closed = True
-        if self._bar is not None:
-            self._bar.close()
-
-    def abort(self) -> None:
-        """Drop everything; no file appears at the path."""
-        if self._closed:
-            return
-        self._discard()
-        if self._bar is not None:
-            self._bar.close()
-
-    def _discard(self) -> None:
-        self._closed = True
-        try:
-            if getattr(self, "_file", None) is not None and self._file.id.valid:
-                self._file.close()
         finally:
-            if os.path.exists(self._tmp_path):
-                os.unlink(self._tmp_path)
+            self._leave()
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
+        assert self._io is not None and self._file is not None
+        try:
+            if not final:
+                for column in self._columns:
+                    self._io.what = f"the last block of field {column.field.name!r}"
+                    column.commit_tail()
+            self._io.what = "the commit's metadata"
+            self._write_metadata()
+            if final:
+                self._file.close()
+            else:
+                self._file.flush()
+        except Exception as exc:
+            self._raise_io_error(exc)
+        self._io.commit()
+        self._committed_rows = self.num_rows
+        self._last_commit = time.monotonic()
+
+    def _write_metadata(self) -> None:
         f = self._file
-        for column in self._columns:
-            column.finish()
-        f.flush()
+        assert f is not None
         for column in self._columns:
             for dset in column.datasets():
                 _write_chunk_table(dset)
-        f.attrs[spec.ATTR_FORMAT] = spec.FORMAT_NAME
-        f.attrs[spec.ATTR_VERSION] = np.int64(spec.FORMAT_VERSION)
-        f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
         schema = Schema(
             _with_codec(field, column.stored_codec(self._codecs[field.name]))
             for field, column in zip(self.schema.fields, self._columns, strict=True)
         )
-        f.attrs[spec.ATTR_SCHEMA] = schema.to_json()
+        text = schema.to_json()
+        if text != self._schema_json:  # rewritten only when a codec entry changed
+            f.attrs[spec.ATTR_SCHEMA] = text
+            self._schema_json = text
         # num_rows last: it is the commit point (docs/FORMAT.md, section 2).
         f.attrs[spec.ATTR_NUM_ROWS] = np.int64(self.num_rows)
+
+    # -- finishing -------------------------------------------------------
+    def close(self) -> None:
+        """Write the last rows, commit, and move a new file to its path."""
+        if self._closed:
+            return
+        if self._file_path == self.path and self.num_rows == self._committed_rows:
+            self._release(remove=False)  # an append of no rows leaves the file untouched
+            return
+        self._busy += 1
+        try:
+            self._write_columns(final=True)
+            self._commit(final=True)
+            assert self._io is not None
+            self._io.close()
+            if self._file_path != self.path:
+                os.replace(self._file_path, self.path)
+                fsync_dir(self.path)
+        except BaseException:
+            self._interrupted(commit=False)
+            raise
+        finally:
+            self._busy -= 1
+        self._closed = True
+        previous = {s: p for s, (_, p) in self._handlers.items()}
+        self._restore_handlers()
+        if self._bar is not None:
+            self._update_bar()
+            self._bar.close()
+        if self._signal is not None:  # arrived while closing: act on it now
+            _pass_on(self._signal, previous.get(self._signal, signal.SIG_DFL))
+
+    def abort(self) -> None:
+        """Drop the rows since the last commit; a new file is removed entirely."""
+        if self._closed:
+            return
+        self._release(remove=self._file_path != self.path)
+
+    def _interrupted(self, commit: bool = True) -> None:
+        """Leave the file of the last commit (after committing, if possible) for resume."""
+        if self._closed:
+            return
+        if commit and self._io is not None and self._io.error is None:
+            try:
+                self._busy += 1
+                self._write_columns()
+                self._commit()
+            except Exception:
+                pass  # the rows of the last commit stay
+            finally:
+                self._busy -= 1
+        self._release(remove=self._file_path != self.path and self._committed_rows == 0)
+
+    def _release(self, remove: bool) -> None:
+        """Close without committing: the file keeps its last commit, or goes."""
+        self._closed = True
+        self._restore_handlers()
+        io = self._io
+        try:
+            if io is not None:
+                io.discard()
+            if self._file is not None and self._file.id.valid:
+                self._file.close()
+        finally:
+            self._file = None
+            if io is not None:
+                io.rollback()
+                io.close()
+            if remove:
+                _remove(self._file_path)
+            bar = getattr(self, "_bar", None)
+            if bar is not None:
+                bar.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise H5RecordError(f"writer for {self.path} is closed")
+        if self._io is not None and self._io.error is not None:
+            raise self._io.error
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            self.abort()
+            self._release(remove=self._file_path != self.path and self._committed_rows == 0)
+
+    # -- signals -----------------------------------------------------------
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        ref = weakref.ref(self)
+        for name in _INTERRUPTS:
+            signum = getattr(signal, name)
+            previous = signal.getsignal(signum)
+            handler = _signal_handler(ref, previous)
+            try:
+                signal.signal(signum, handler)
+            except (ValueError, OSError):
+                continue
+            self._handlers[signum] = (handler, previous)
+
+    def _restore_handlers(self) -> None:
+        handlers, self._handlers = self._handlers, {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, (handler, previous) in handlers.items():
+            if signal.getsignal(signum) is handler:  # not replaced since
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+    def _leave(self) -> None:
+        self._busy -= 1
+        if not self._busy and self._signal is not None:
+            signum, self._signal = self._signal, None
+            self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        """Commit what was written (not in the middle of a flush), then pass the signal on."""
+        if self._busy:
+            self._signal = signum
+            return
+        _, previous = self._handlers.get(signum, (None, signal.SIG_DFL))
+        if previous == signal.SIG_IGN:
+            return
+        if not self._closed and (self._io is None or self._io.error is None):
+            try:
+                self.commit()
+            except H5RecordError:
+                pass  # the rows of the last commit stay; the caller sees the signal
+        _pass_on(signum, previous)
+
+
+def _signal_handler(ref: weakref.ref[H5Writer], previous: Any) -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        writer = ref()
+        if writer is None or writer._closed:
+            _pass_on(signum, previous, frame)
+        else:
+            writer._on_signal(signum)
+
+    return handler
+
+
+def _pass_on(signum: int, previous: Any, frame: Any = None) -> None:
+    """Act on a signal as the handler before the writer's would have."""
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:  # SIGTERM's default ends the process; this ends it by unwinding.
+        raise SystemExit(128 + signum)
+
+
+def _check_same_schema(given: Schema, stored: Schema, path: str) -> None:
+    """Fields must agree in name, order, type, dtype and shape; codecs are the file's."""
+
+    def shape(field: Field) -> dict[str, Any]:
+        entry = field.to_json()
+        entry.pop("codec", None)
+        return entry
+
+    have = [shape(f) for f in stored]
+    want = [shape(f) for f in given]
+    if have == want:
+        return
+    names_have = [e["name"] for e in have]
+    names_want = [e["name"] for e in want]
+    if names_have != names_want:
+        missing = [n for n in names_have if n not in names_want]
+        extra = [n for n in names_want if n not in names_have]
+        detail = []
+        if missing:
+            detail.append(f"the file has field(s) {missing} that the given schema lacks")
+        if extra:
+            detail.append(f"the given schema has field(s) {extra} that the file lacks")
+        if not detail:
+            detail.append(f"the file's fields are in the order {names_have}")
+        raise SchemaError(f"{path}: schema differs from the file's: {'; '.join(detail)}")
+    for a, b in zip(have, want, strict=True):
+        if a != b:
+            raise SchemaError(
+                f"{path}: schema differs from the file's in field {a['name']!r}: "
+                f"the file has {a}, the given schema {b}"
+            )
+
+
+def check_file_schema(path: str, schema: Any) -> None:
+    """Raise SchemaError naming the difference if the file at ``path`` has another schema."""
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs[spec.ATTR_SCHEMA]
+    except (OSError, KeyError) as exc:
+        raise FormatError(f"{path}: not a readable h5record file ({exc})") from exc
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    _check_same_schema(Schema.coerce(schema), Schema.from_json(text), path)
+
+
+def _describe_partial(path: str) -> str:
+    rows = partial_rows(path)
+    return "no committed rows" if rows is None else f"{rows:,} committed rows"
+
+
+def partial_rows(path: str) -> int | None:
+    """Committed rows of an unfinished file (``<path>.partial``), None if it has none."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(spec.ATTR_NUM_ROWS)
+            return None if value is None else int(value)
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(path: str) -> None:
+    for p in (path, journal_path(path)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 def _pack_code(field: Field) -> int:
@@ -574,7 +1117,10 @@ def _write_chunk_table(dset: h5py.Dataset) -> None:
 
     if n_chunks:
         dset.id.chunk_iter(visit)
-    dset.parent.create_dataset(dset.name.rsplit("/", 1)[1] + spec.CHUNK_TABLE_SUFFIX, data=table)
+    name = dset.name.rsplit("/", 1)[1] + spec.CHUNK_TABLE_SUFFIX
+    if name in dset.parent:
+        del dset.parent[name]
+    dset.parent.create_dataset(name, data=table)
 
 
 def _progress_bar(progress: bool | None, total: int | None, path: str) -> Any:

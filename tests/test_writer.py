@@ -45,7 +45,7 @@ def _row(i: int) -> dict:
 
 
 def _labels(path) -> list[int]:
-    ds = H5Dataset(path)
+    ds = path if isinstance(path, H5Dataset) else H5Dataset(path)
     return [ds[i]["label"] for i in range(len(ds))]
 
 
@@ -203,9 +203,8 @@ def test_file_appears_only_when_complete(tmp_path):
     w.write(_row(0))
     w.flush()
     assert not path.exists()
-    # The unfinished file lives in the same folder, under a hidden temporary name.
-    (tmp_name,) = os.listdir(tmp_path)
-    assert tmp_name.startswith(".atomic.h5.") and tmp_name.endswith(".tmp")
+    # The unfinished file lives in the same folder, under a visible name.
+    assert os.listdir(tmp_path) == ["atomic.h5.partial"]
     w.close()
     w.close()  # closing twice is harmless
     assert path.exists() and len(H5Dataset(path)) == 1
@@ -216,20 +215,32 @@ def test_file_appears_only_when_complete(tmp_path):
         w.write_batch({"text": [], "label": [], "tokens": [], "score": []})
 
 
-def test_exception_inside_with_leaves_nothing(tmp_path):
-    path = tmp_path / "gone.h5"
+def test_exception_inside_with_commits_and_keeps_the_partial_file(tmp_path):
+    path = tmp_path / "kept.h5"
     with pytest.raises(KeyError), H5Writer(path, SCHEMA, progress=False) as w:
         w.write(_row(0))
         w.flush()
         raise KeyError("user code failed")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["kept.h5.partial"]
+    assert _labels(H5Dataset(str(path) + ".partial", partial=True)) == [0]
+    with H5Writer(path, SCHEMA, progress=False, resume=True) as w:
+        assert w.num_rows == 1
+        w.write(_row(1))
+    assert _labels(path) == [0, 1]
+    assert os.listdir(tmp_path) == ["kept.h5"]
 
 
-def test_uncaught_bad_row_inside_with_leaves_nothing(tmp_path):
-    path = tmp_path / "gone.h5"
+def test_uncaught_bad_row_inside_with_keeps_the_rows_before_it(tmp_path):
+    path = tmp_path / "bad.h5"
     with pytest.raises(RowTypeError), H5Writer(path, SCHEMA, progress=False) as w:
         w.write(_row(0))
         w.write({**_row(1), "label": "one"})
+    assert _labels(H5Dataset(str(path) + ".partial", partial=True)) == [0]
+
+
+def test_exception_before_any_row_leaves_nothing(tmp_path):
+    with pytest.raises(KeyError), H5Writer(tmp_path / "gone.h5", SCHEMA, progress=False):
+        raise KeyError("user code failed")
     assert os.listdir(tmp_path) == []
 
 
@@ -241,7 +252,7 @@ def test_failure_while_overwriting_keeps_the_old_file(tmp_path):
         w.write(_row(8))
         raise RuntimeError
     assert _labels(path) == [7]
-    assert os.listdir(tmp_path) == ["keep.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["keep.h5", "keep.h5.partial"]
 
 
 def test_abort_and_garbage_collection_leave_nothing(tmp_path):
