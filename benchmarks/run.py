@@ -6,7 +6,8 @@ machine, with warm page caches, and prints Markdown tables:
 
 1. core: write speed, file size, open time, random ``ds[i]``, random
    batches of 256, and DataLoader throughput (0 and 2 workers, fork and
-   spawn), with ratios against the baselines;
+   spawn), with ratios against the baselines; also batches iterated as row
+   dicts and a plain DataLoader with a row-dict collate, as users write;
 2. compression: file size and read speed per codec, next to the 1.0.4
    layout with lzf and gzip;
 3. memory: the in-memory cache shared by DataLoader workers (PSS), and its
@@ -64,7 +65,7 @@ def _goals() -> list[tuple[str, Callable[[dict], float], float]]:
     def ratio(a: tuple, b: tuple, metric: str, metric_b: str | None = None):
         return lambda r: r[a][metric] / r[b][metric_b or metric]
 
-    text, tokens = "text", "tokens"
+    text, tokens, images = "text", "tokens", "images"
     return [
         ("text ds[i] rows/s >= 1,000,000", get((text, H5R), "row_rows_s"), 1e6),
         ("text ds[i] >= 2x baseline (b)", ratio((text, H5R), (text, MEMMAP), "row_rows_s"), 2),
@@ -153,6 +154,21 @@ def _goals() -> list[tuple[str, Callable[[dict], float], float]]:
                 / r[(text, "read memory map")]["batch_rows_s"]
             ),
             1,
+        ),
+        (
+            "text: iterating a Batch as row dicts >= 1.5x ds[i]",
+            ratio((text, H5R), (text, H5R), "iter_rows_s", "row_rows_s"),
+            1.5,
+        ),
+        (
+            "text: plain DataLoader, simple collate, nw=0 >= 1.5x baseline (b)",
+            ratio((text, H5R), (text, MEMMAP), "plain_dl_nw0"),
+            1.5,
+        ),
+        (
+            "images: plain DataLoader, simple collate, nw=0 >= 1.5x baseline (b)",
+            ratio((images, H5R), (images, MEMMAP), "plain_dl_nw0"),
+            1.5,
         ),
     ]
 
@@ -298,6 +314,26 @@ def loader_rates(ds: Any, collate: Any, loader_cls: Any, quick: bool) -> dict[st
     return out
 
 
+def plain_rates(
+    ds: Any, system: str, n: int, metrics: dict[str, Any], quick: bool
+) -> dict[str, float]:
+    """Reading without h5record's collate, as users often do: rows as dicts.
+
+    ``iter_rows_s``: a random batch of 256 iterated as row dicts (for (b),
+    whose batch API already returns row dicts, its batch rate).
+    ``plain_dl_nw0``: a plain ``torch.utils.data.DataLoader`` with
+    :func:`harness.simple_collate` and no workers.
+    """
+    if system == H5R:
+        iter_rows_s = batch_rate(lambda b: list(ds[b]), n)
+    else:
+        iter_rows_s = metrics["batch_rows_s"]
+    plain = harness.dataloader_rate(
+        ds, BATCH, 0, None, harness.simple_collate, repeats=3, time_budget=1.0 if quick else 2.0
+    )
+    return {"iter_rows_s": iter_rows_s, "plain_dl_nw0": plain.steady_rows_per_s}
+
+
 def core(
     workload: workloads.Workload, folder: str, quick: bool, table: Table, results: dict
 ) -> None:
@@ -342,6 +378,8 @@ def core(
         metrics["row_rows_s"] = row_rate(ds, n, min(count, 20 * n))
         metrics["batch_rows_s"] = batch_rate(fetch, n, 10 if system == LEGACY else 200)
         metrics.update(loader_rates(ds, collate, loader_cls, quick))
+        if system != LEGACY:
+            metrics.update(plain_rates(ds, system, n, metrics, quick))
         table.add(name, system, **metrics)
         results[(name, system)] = metrics
     for base in (MEMMAP, LEGACY):
