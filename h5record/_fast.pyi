@@ -6,17 +6,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-KIND_STRING: int
-KIND_BYTES: int
-KIND_SCALAR: int
-KIND_FIXED: int
-KIND_VARIABLE: int
 PACK_UTF8: int
 PACK_FLOAT: int
 PACK_INT: int
 PACK_OTHER: int
 
 class ForeignThreadError(RuntimeError): ...
+
+class FieldReader:
+    name: str
+    kind: int
+    element_shape: tuple[int, ...]
+
+class RawField(FieldReader):
+    def __init__(self, n_rows: int, spec: dict[str, Any]) -> None: ...
+
+class ZstdField(FieldReader):
+    def __init__(self, n_rows: int, spec: dict[str, Any]) -> None: ...
 
 class Decoder:
     n_rows: int

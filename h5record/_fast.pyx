@@ -71,12 +71,13 @@ class ForeignThreadError(RuntimeError):
     that it fills with the GIL released; each thread needs its own.
     """
 
-# Field kinds (the Python layer maps schema types onto these).
-KIND_STRING = 0
-KIND_BYTES = 1
-KIND_SCALAR = 2
-KIND_FIXED = 3
-KIND_VARIABLE = 4
+# Field kinds: the numbers of ``fields.Kind``, which every field carries.
+cdef enum:
+    K_STRING = 0
+    K_BYTES = 1
+    K_SCALAR = 2
+    K_FIXED = 3
+    K_VARIABLE = 4
 
 # Scalar type codes, for returning Python numbers without numpy.
 cdef enum ScalarCode:
@@ -93,12 +94,13 @@ cdef enum:
 
 # Cold-read policy of a memory-mapped Decoder (see Decoder.prefetch): rows of a
 # batch sampled for residency, batches and single rows read in cold mode once
-# a sample missed the page cache, and single rows between two samples.
+# a sample missed the page cache, and single rows between two samples (a test
+# costs ~2 us of mincore calls: every 256th row keeps it under 1% of warm reads).
 cdef enum:
     SAMPLE_ROWS = 2
     COLD_BATCHES = 16
     COLD_ROWS = 512
-    ROW_CHECK_EVERY = 32
+    ROW_CHECK_EVERY = 256
     READ_AHEAD_ROWS = 256
 
 cdef struct Paged:
@@ -301,133 +303,159 @@ def _integer_indices(index):
     return arr
 
 
-cdef class Decoder:
-    """Decode rows and batches of a set of fields from paged buffers.
+# -- stateless kernels: typed inputs, caller-owned outputs, no Python objects ------------
 
-    Parameters
-    ----------
-    n_rows : int
-        Number of rows.
-    fields : list of dict
-        One entry per field with keys ``name``, ``kind`` (a KIND_* code),
-        ``dtype``, ``element_shape``, ``values`` and, for variable fields,
-        ``offsets``. ``values``/``offsets`` are dicts with ``buffer`` (any
-        object exporting bytes), ``table`` (int64 chunk addresses),
-        ``chunk_len``, ``elem_bytes`` and ``length``. Tables must already
-        be validated against the buffer sizes.
-    memory_map : buffer, optional
-        The memory map of the whole file that every ``buffer`` points into.
-        Given, reads that miss the page cache are prefetched (see
-        :meth:`prefetch`); in-memory buffers need none.
+cdef object new_array(int nprefix, int64_t n0, int64_t n1, tuple shape, int typenum):
+    """An uninitialised array of shape (n0[, n1], *shape)."""
+    cdef cnp.npy_intp dims[MAX_DIMS]
+    cdef Py_ssize_t e, ns = len(shape)
+    if nprefix + ns > MAX_DIMS:
+        raise ValueError(f"arrays of more than {MAX_DIMS} dimensions are not supported")
+    dims[0] = n0
+    dims[1] = n1
+    for e in range(ns):
+        dims[nprefix + e] = shape[e]
+    return cnp.PyArray_SimpleNew(nprefix + ns, dims, typenum)
+
+
+cdef Py_ssize_t gather_fixed(const Paged* vals, const int64_t* idx, Py_ssize_t n,
+                             uint8_t* out) noexcept nogil:
+    """Copy element ``idx[j]`` of ``vals`` to ``out[j]``; the first bad j, or -1."""
+    cdef Py_ssize_t j
+    cdef int64_t eb = vals.elem_bytes
+    cdef const uint8_t* p
+    for j in range(n):
+        if j + PREFETCH_AHEAD < n:
+            p = paged_addr(vals, idx[j + PREFETCH_AHEAD])
+            if p != NULL:
+                prefetch(p)
+        if paged_copy(vals, idx[j], idx[j] + 1, out + j * eb) < 0:
+            return j
+    return -1
+
+
+cdef Py_ssize_t row_bounds(const Paged* offs, int64_t values_len, const int64_t* idx,
+                           Py_ssize_t n, int64_t* starts, int64_t* lens,
+                           int64_t* total) noexcept nogil:
+    """Start element and length of every row ``idx[j]``; the first bad j, or -1."""
+    cdef Py_ssize_t j
+    cdef int64_t o0, o1
+    cdef const uint8_t* p
+    total[0] = 0
+    for j in range(min(n, PREFETCH_AHEAD)):
+        p = paged_addr(offs, idx[j])
+        if p != NULL:
+            prefetch(p)
+    for j in range(n):
+        if j + PREFETCH_AHEAD < n:
+            p = paged_addr(offs, idx[j + PREFETCH_AHEAD])
+            if p != NULL:
+                prefetch(p)
+        if read_bounds(offs, idx[j], &o0, &o1) < 0 or o1 > values_len:
+            return j
+        starts[j] = o0
+        lens[j] = o1 - o0
+        total[0] += o1 - o0
+    return -1
+
+
+cdef Py_ssize_t gather_rows(const Paged* vals, const int64_t* starts, const int64_t* lens,
+                            Py_ssize_t n, int64_t width, const uint8_t* pad,
+                            uint8_t* out) noexcept nogil:
+    """Copy rows of ``lens[j]`` elements from ``starts[j]`` to ``out``.
+
+    ``width`` < 0 packs them back to back; otherwise each row takes
+    ``width`` elements, its tail filled with the element ``pad`` (NULL: zeros).
+    Returns the first bad j, or -1.
+    """
+    cdef Py_ssize_t j
+    cdef int64_t e, eb = vals.elem_bytes
+    for j in range(n):
+        if paged_copy(vals, starts[j], starts[j] + lens[j], out) < 0:
+            return j
+        if width < 0:
+            out += lens[j] * eb
+            continue
+        if pad == NULL:
+            memset(out + lens[j] * eb, 0, (width - lens[j]) * eb)
+        else:
+            for e in range(lens[j], width):
+                memcpy(out + e * eb, pad, eb)
+        out += width * eb
+    return -1
+
+
+cdef int64_t decompress_frame(ZSTD_DCtx* dctx, const ZSTD_DDict* ddict, const uint8_t* src,
+                              int64_t size, uint8_t* dst, int64_t cap) noexcept nogil:
+    """Decompress one zstd frame into ``dst``; its size, or -1 if it is not valid."""
+    cdef size_t res
+    if ddict != NULL:
+        res = ZSTD_decompress_usingDDict(dctx, dst, cap, src, size, ddict)
+    else:
+        res = ZSTD_decompressDCtx(dctx, dst, cap, src, size)
+    return -1 if ZSTD_isError(res) else <int64_t>res
+
+
+# What the cold-read stage needs of a field, as plain data.
+cdef struct FieldIO:
+    const Paged* index       # offsets (raw variable), blocks (zstd) or values (raw fixed)
+    const Paged* values
+    int64_t rows_per_block   # zstd fields; 0 for raw ones
+    bint variable
+
+
+cdef int field_spans(const FieldIO* io, int64_t i, bint data, const uint8_t* map_base,
+                     Spans* out) noexcept nogil:
+    """Add the map spans row ``i`` of a field needs: its index entries or, with
+    ``data``, the values (or zstd frame) they point at. Damage is skipped."""
+    cdef int64_t j = i, lo, hi
+    if io.rows_per_block > 0:
+        j = i // io.rows_per_block
+    elif not io.variable:
+        return 0 if data else paged_spans(io.values, map_base, i, i + 1, out)
+    if not data:
+        return paged_spans(io.index, map_base, j, j + 2, out)
+    if read_bounds(io.index, j, &lo, &hi) < 0:
+        return 0
+    return paged_spans(io.values, map_base, lo, hi, out)
+
+
+# -- field readers: one per storage kind ----------------------------------------------------
+
+cdef class FieldReader:
+    """Read one field: a row in three steps (``hint``, ``locate``, ``take``), a
+    column or padded column of a batch, and the byte spans of the cold stage.
+
+    A reader belongs to one Decoder, hence to one thread. Subclasses:
+    :class:`RawField` (docs/FORMAT.md, section 4) and :class:`ZstdField`
+    (section 5).
     """
 
-    cdef readonly int64_t n_rows
-    cdef readonly list names
-    cdef int n_fields
-    cdef Paged* values
-    cdef Paged* offsets
-    cdef int* kinds
-    cdef int* codes
-    cdef int* typenums
-    cdef bint* is_var
-    cdef int64_t* bounds
-    cdef int64_t* eb   # bytes of one decoded element of each field
-    # zstd fields (docs/FORMAT.md, section 5): one decompressed block cached per field.
-    cdef bint* blocked
-    cdef Paged* blocks
-    cdef int64_t* rows_per_block
-    cdef int64_t* max_block
-    cdef ZSTD_DDict** ddicts
-    cdef ZSTD_DCtx** dctxs   # one per field: a context keeps its dictionary's tables warm
-    cdef int64_t* cached
-    cdef uint8_t** cache
-    cdef int64_t* cache_cap
-    cdef int64_t** starts
-    cdef int64_t* starts_cap
-    cdef uint8_t* frame_scratch
-    cdef int64_t frame_scratch_size
+    cdef readonly str name
+    cdef readonly int kind
+    cdef readonly tuple element_shape
+    cdef object dtype
+    cdef int code          # ScalarCode of the dtype
+    cdef int typenum
+    cdef int64_t eb        # bytes of one element
+    cdef bint variable
+    cdef int64_t n_rows
+    cdef FieldIO io
     cdef list keep_alive
-    cdef list elem_shapes
-    cdef list dtypes
-    cdef uint8_t* scratch
-    cdef int64_t scratch_size
-    # Cold reads (memory maps only): the map, reused span lists, and the policy state.
-    cdef object map_view
-    cdef const uint8_t* map_base
-    cdef int64_t map_size
-    cdef Spans spans
-    cdef int cold_batches, cold_rows, row_countdown
-    cdef int64_t last_row, ahead_until
-    cdef unsigned long owner
 
-    def __cinit__(self, int64_t n_rows, list fields, memory_map=None):
-        self.n_fields = len(fields)
-        n = max(self.n_fields, 1)
-        self.values = <Paged*>malloc(n * sizeof(Paged))
-        self.offsets = <Paged*>malloc(n * sizeof(Paged))
-        self.kinds = <int*>malloc(n * sizeof(int))
-        self.codes = <int*>malloc(n * sizeof(int))
-        self.typenums = <int*>malloc(n * sizeof(int))
-        self.is_var = <bint*>malloc(n * sizeof(bint))
-        self.bounds = <int64_t*>malloc(2 * n * sizeof(int64_t))
-        self.eb = <int64_t*>malloc(n * sizeof(int64_t))
-        self.blocked = <bint*>calloc(n, sizeof(bint))
-        self.blocks = <Paged*>calloc(n, sizeof(Paged))
-        self.rows_per_block = <int64_t*>calloc(n, sizeof(int64_t))
-        self.max_block = <int64_t*>calloc(n, sizeof(int64_t))
-        self.ddicts = <ZSTD_DDict**>calloc(n, sizeof(ZSTD_DDict*))
-        self.dctxs = <ZSTD_DCtx**>calloc(n, sizeof(ZSTD_DCtx*))
-        self.cached = <int64_t*>malloc(n * sizeof(int64_t))
-        self.cache = <uint8_t**>calloc(n, sizeof(uint8_t*))
-        self.cache_cap = <int64_t*>calloc(n, sizeof(int64_t))
-        self.starts = <int64_t**>calloc(n, sizeof(int64_t*))
-        self.starts_cap = <int64_t*>calloc(n, sizeof(int64_t))
-        self.frame_scratch = NULL
-        self.frame_scratch_size = 0
-        self.scratch = NULL
-        self.scratch_size = 0
-        if not (self.values and self.offsets and self.kinds and self.codes and self.typenums
-                and self.is_var and self.bounds and self.eb and self.blocked and self.blocks
-                and self.rows_per_block and self.max_block and self.ddicts and self.dctxs
-                and self.cached
-                and self.cache and self.cache_cap and self.starts and self.starts_cap):
-            raise MemoryError()
-        memset(self.offsets, 0, n * sizeof(Paged))
-
-    def __init__(self, int64_t n_rows, list fields, memory_map=None):
-        cdef const uint8_t[::1] view
+    def __init__(self, int64_t n_rows, dict spec):
         self.n_rows = n_rows
-        if memory_map is not None and len(memory_map):
-            view = memory_map
-            self.map_view = view
-            self.map_base = &view[0]
-            self.map_size = view.shape[0]
-        self.row_countdown = ROW_CHECK_EVERY
-        self.last_row = -2
-        self.owner = PyThread_get_thread_ident()
-        self.names = []
+        self.name = spec["name"]
+        self.kind = spec["kind"]
+        self.dtype = np.dtype(spec["dtype"])
+        self.code = scalar_code(self.dtype)
+        self.typenum = self.dtype.num
+        self.element_shape = tuple(spec["element_shape"])
+        self.eb = self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64))
+        self.variable = self.kind in (K_STRING, K_BYTES, K_VARIABLE)
         self.keep_alive = []
-        self.elem_shapes = []
-        self.dtypes = []
-        for k, spec in enumerate(fields):
-            self.names.append(spec["name"])
-            self.kinds[k] = spec["kind"]
-            dtype = np.dtype(spec["dtype"])
-            self.dtypes.append(dtype)
-            self.codes[k] = scalar_code(dtype)
-            self.typenums[k] = dtype.num
-            self.elem_shapes.append(tuple(spec["element_shape"]))
-            self.eb[k] = dtype.itemsize * int(np.prod(spec["element_shape"], dtype=np.int64))
-            self._set_paged(&self.values[k], spec["values"])
-            self.is_var[k] = spec["kind"] in (KIND_STRING, KIND_BYTES, KIND_VARIABLE)
-            self.cached[k] = -1
-            zstd = spec.get("zstd")
-            if zstd is not None:
-                self._set_blocked(k, zstd)
-            elif self.is_var[k]:
-                self._set_paged(&self.offsets[k], spec["offsets"])
 
-    cdef _set_paged(self, Paged* p, dict spec):
+    cdef int set_paged(self, Paged* p, dict spec) except -1:
         cdef const uint8_t[::1] buf = spec["buffer"]
         cdef const int64_t[::1] table = np.ascontiguousarray(spec["table"], dtype=np.int64)
         self.keep_alive.append(buf)
@@ -439,315 +467,485 @@ cdef class Decoder:
         p.chunk_len = max(<int64_t>spec["chunk_len"], 1)
         p.elem_bytes = spec["elem_bytes"]
         p.length = min(<int64_t>spec["length"], p.n_chunks * p.chunk_len)
-
-    cdef _set_blocked(self, int k, dict zstd):
-        cdef const uint8_t[::1] dictionary
-        self.blocked[k] = True
-        self._set_paged(&self.blocks[k], zstd["blocks"])
-        self.rows_per_block[k] = max(<int64_t>zstd["rows_per_block"], 1)
-        self.max_block[k] = zstd["max_block_bytes"]
-        self.dctxs[k] = ZSTD_createDCtx()
-        if self.dctxs[k] == NULL:
-            raise MemoryError()
-        if zstd.get("dictionary") is not None:
-            dictionary = zstd["dictionary"]
-            self.ddicts[k] = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
-            if self.ddicts[k] == NULL:
-                raise FormatError(f"field {self.names[k]!r}: the stored zstd dictionary is invalid")
-
-    def __dealloc__(self):
-        cdef int k
-        if self.cache != NULL:
-            for k in range(self.n_fields):
-                free(self.cache[k])
-                free(self.starts[k])
-                if self.ddicts[k] != NULL:
-                    ZSTD_freeDDict(self.ddicts[k])
-                if self.dctxs[k] != NULL:
-                    ZSTD_freeDCtx(self.dctxs[k])
-        free(self.blocked)
-        free(self.eb)
-        free(self.blocks)
-        free(self.rows_per_block)
-        free(self.max_block)
-        free(self.ddicts)
-        free(self.dctxs)
-        free(self.cached)
-        free(self.cache)
-        free(self.cache_cap)
-        free(self.starts)
-        free(self.starts_cap)
-        free(self.frame_scratch)
-        free(self.values)
-        free(self.offsets)
-        free(self.kinds)
-        free(self.codes)
-        free(self.typenums)
-        free(self.is_var)
-        free(self.bounds)
-        free(self.scratch)
-        free(self.spans.data)
-
-    cdef uint8_t* _scratch(self, int64_t size) except NULL:
-        if size > self.scratch_size:
-            free(self.scratch)
-            self.scratch = <uint8_t*>malloc(max(size, 4096))
-            if self.scratch == NULL:
-                self.scratch_size = 0
-                raise MemoryError()
-            self.scratch_size = max(size, 4096)
-        return self.scratch
-
-    cdef int _load_block(self, int k, int64_t j) except -1:
-        """Make block ``j`` of zstd field ``k`` the cached, decompressed block."""
-        cdef int64_t c0, c1, size, r, total, p, R = self.rows_per_block[k]
-        cdef const uint8_t* src
-        cdef unsigned long long content
-        cdef size_t res
-        cdef const uint32_t* lens
-        cdef int64_t* st
-        cdef int ok
-        if self.cached[k] == j:
-            return 0
-        self.cached[k] = -1
-        if read_bounds(&self.blocks[k], j, &c0, &c1) < 0:
-            raise self._damaged(k, j * R)
-        ok = paged_ptr(&self.values[k], c0, c1, &src)
-        if ok < 0:
-            raise self._damaged(k, j * R)
-        if ok == 0:
-            if c1 - c0 > self.frame_scratch_size:
-                free(self.frame_scratch)
-                self.frame_scratch = <uint8_t*>malloc(c1 - c0)
-                self.frame_scratch_size = 0 if self.frame_scratch == NULL else c1 - c0
-                if self.frame_scratch == NULL:
-                    raise MemoryError()
-            if paged_copy(&self.values[k], c0, c1, self.frame_scratch) < 0:
-                raise self._damaged(k, j * R)
-            src = self.frame_scratch
-        content = ZSTD_getFrameContentSize(src, c1 - c0)
-        if content > <unsigned long long>self.max_block[k]:  # also catches zstd's error codes
-            raise self._damaged(k, j * R)
-        size = <int64_t>content
-        if size > self.cache_cap[k]:
-            free(self.cache[k])
-            self.cache[k] = <uint8_t*>malloc(max(size, 64))
-            self.cache_cap[k] = 0 if self.cache[k] == NULL else max(size, 64)
-            if self.cache[k] == NULL:
-                raise MemoryError()
-        with nogil:
-            if self.ddicts[k] != NULL:
-                res = ZSTD_decompress_usingDDict(self.dctxs[k], self.cache[k], size, src, c1 - c0,
-                                                 self.ddicts[k])
-            else:
-                res = ZSTD_decompressDCtx(self.dctxs[k], self.cache[k], size, src, c1 - c0)
-        if ZSTD_isError(res) or <int64_t>res != size:
-            raise self._damaged(k, j * R)
-        r = min(R, self.n_rows - j * R)
-        if self.is_var[k]:
-            if r + 1 > self.starts_cap[k]:
-                free(self.starts[k])
-                self.starts[k] = <int64_t*>malloc((r + 1) * sizeof(int64_t))
-                self.starts_cap[k] = 0 if self.starts[k] == NULL else r + 1
-                if self.starts[k] == NULL:
-                    raise MemoryError()
-            if 4 * r > size:
-                raise self._damaged(k, j * R)
-            lens = <const uint32_t*>self.cache[k]
-            st = self.starts[k]
-            st[0] = 0
-            for p in range(r):
-                st[p + 1] = st[p] + lens[p]
-            total = 4 * r + st[r] * self.eb[k]
-        else:
-            total = r * self.eb[k]
-        if total != size:
-            raise self._damaged(k, j * R)
-        self.cached[k] = j
         return 0
 
-    cdef int _span(self, int k, int64_t row, const uint8_t** ptr, int64_t* nelem) except -1:
-        """Point at row ``row`` of zstd field ``k`` in its decompressed block."""
-        cdef int64_t R = self.rows_per_block[k]
-        cdef int64_t j = row // R, p = row - j * R, r
-        self._load_block(k, j)
-        if self.is_var[k]:
-            r = min(R, self.n_rows - j * R)
-            ptr[0] = self.cache[k] + 4 * r + self.starts[k][p] * self.eb[k]
-            nelem[0] = self.starts[k][p + 1] - self.starts[k][p]
-        else:
-            ptr[0] = self.cache[k] + p * self.eb[k]
-            nelem[0] = 1
+    cdef void hint(self, int64_t i) noexcept:
+        """Start loading row ``i``'s index entry into the CPU cache."""
+        pass
+
+    cdef int locate(self, int64_t i) except -1:
+        """Find row ``i``'s data (after every field's ``hint``)."""
         return 0
 
-    cdef object _object_at(self, int k, int64_t row, const uint8_t* ptr, int64_t nelem):
-        """Build the Python value of field ``k`` from a pointer to its row."""
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef int d, e, kind = self.kinds[k]
+    cdef object take(self, int64_t i):
+        """Row ``i`` as a Python value (after ``locate``)."""
+        raise NotImplementedError
+
+    cdef object column(self, const int64_t[::1] idx, bint raw):
+        raise NotImplementedError
+
+    cdef object padded(self, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len):
+        raise NotImplementedError
+
+    cdef object damaged(self, int64_t row):
+        return FormatError(
+            f"field {self.name!r}, row {row}: stored offsets or chunk addresses are "
+            "out of bounds; the file is damaged or truncated"
+        )
+
+    cdef object text(self, int64_t row, const uint8_t* ptr, int64_t size):
+        try:
+            return PyUnicode_DecodeUTF8(<const char*>ptr, size, "strict")
+        except UnicodeDecodeError as exc:
+            raise FormatError(
+                f"field {self.name!r}, row {row}: stored text is not valid UTF-8; "
+                "the file is damaged"
+            ) from exc
+
+    cdef object build(self, int64_t row, const uint8_t* ptr, int64_t nelem):
+        """The Python value of a row of ``nelem`` elements at ``ptr``."""
         cdef object arr
-        cdef int64_t nbytes = nelem * self.eb[k]
-        if kind == KIND_STRING:
-            return self._text(k, row, ptr, nbytes)
-        if kind == KIND_BYTES:
+        cdef int64_t nbytes = nelem * self.eb
+        if self.kind == K_STRING:
+            return self.text(row, ptr, nbytes)
+        if self.kind == K_BYTES:
             return PyBytes_FromStringAndSize(<const char*>ptr, nbytes)
-        if kind == KIND_SCALAR and self.codes[k] != S_NONE:
-            return scalar_object(self.codes[k], ptr)
-        shape = self.elem_shapes[k]
-        d = 0
-        if kind == KIND_VARIABLE:
-            dims[0] = nelem
-            d = 1
-        for e in range(len(shape)):
-            dims[d + e] = shape[e]
-        arr = cnp.PyArray_SimpleNew(d + len(shape), dims, self.typenums[k])
+        if self.kind == K_SCALAR and self.code != S_NONE:
+            return scalar_object(self.code, ptr)
+        if self.kind == K_VARIABLE:
+            arr = new_array(1, nelem, 0, self.element_shape, self.typenum)
+        else:
+            arr = new_array(0, 0, 0, self.element_shape, self.typenum)
         memcpy(cnp.PyArray_DATA(arr), ptr, nbytes)
         return arr
 
-    cdef object _blocked_value(self, int k, int64_t row):
+    cdef int check_pad(self, const uint8_t[::1] pad) except -1:
+        if not self.variable:
+            raise TypeError(f"field {self.name!r} has a fixed size; nothing to pad")
+        if pad.shape[0] != self.eb:
+            raise ValueError(f"pad must be {self.eb} bytes, got {pad.shape[0]}")
+        return 0
+
+
+cdef class RawField(FieldReader):
+    """A field stored raw (docs/FORMAT.md, section 4): fixed rows in ``values``,
+    or variable rows as ``offsets`` into ``values``."""
+
+    cdef Paged values
+    cdef Paged offsets
+    cdef int64_t lo, hi        # the located row's elements (variable fields)
+    cdef uint8_t* scratch      # a row that spans chunks, made contiguous
+    cdef int64_t scratch_size
+
+    def __init__(self, int64_t n_rows, dict spec):
+        FieldReader.__init__(self, n_rows, spec)
+        self.set_paged(&self.values, spec["values"])
+        if self.variable:
+            self.set_paged(&self.offsets, spec["offsets"])
+        self.io.index = &self.offsets if self.variable else &self.values
+        self.io.values = &self.values
+        self.io.variable = self.variable
+
+    def __dealloc__(self):
+        free(self.scratch)
+
+    cdef void hint(self, int64_t i) noexcept:
+        cdef const uint8_t* p = paged_addr(self.io.index, i)
+        if p != NULL:
+            prefetch(p)
+
+    cdef int locate(self, int64_t i) except -1:
+        cdef const uint8_t* p
+        if self.variable:
+            if read_bounds(&self.offsets, i, &self.lo, &self.hi) < 0:
+                raise self.damaged(i)
+            p = paged_addr(&self.values, self.lo)
+            if p != NULL:
+                prefetch(p)
+        return 0
+
+    cdef object take(self, int64_t i):
+        cdef const uint8_t* ptr
+        cdef int r
+        if not self.variable:
+            if self.kind == K_SCALAR and self.code != S_NONE:
+                if paged_ptr(&self.values, i, i + 1, &ptr) != 1:
+                    raise self.damaged(i)
+                return scalar_object(self.code, ptr)
+            arr = new_array(0, 0, 0, self.element_shape, self.typenum)
+            if paged_copy(&self.values, i, i + 1, <uint8_t*>cnp.PyArray_DATA(arr)) < 0:
+                raise self.damaged(i)
+            return arr
+        if self.kind == K_VARIABLE:
+            arr = new_array(1, self.hi - self.lo, 0, self.element_shape, self.typenum)
+            if paged_copy(&self.values, self.lo, self.hi, <uint8_t*>cnp.PyArray_DATA(arr)) < 0:
+                raise self.damaged(i)
+            return arr
+        r = paged_ptr(&self.values, self.lo, self.hi, &ptr)
+        if r < 0:
+            raise self.damaged(i)
+        if r == 0:
+            ptr = self.contiguous(i, self.lo, self.hi)
+        return self.build(i, ptr, self.hi - self.lo)
+
+    cdef const uint8_t* contiguous(self, int64_t row, int64_t lo, int64_t hi) except NULL:
+        """Elements [lo, hi) copied to the scratch buffer."""
+        cdef int64_t size = (hi - lo) * self.eb
+        if size > self.scratch_size:
+            free(self.scratch)
+            self.scratch = <uint8_t*>malloc(max(size, 4096))
+            self.scratch_size = 0 if self.scratch == NULL else max(size, 4096)
+            if self.scratch == NULL:
+                raise MemoryError()
+        if paged_copy(&self.values, lo, hi, self.scratch) < 0:
+            raise self.damaged(row)
+        return self.scratch
+
+    cdef int64_t bounds(self, const int64_t[::1] idx, int64_t* starts,
+                        int64_t* lens) except -1:
+        """Fill every row's start and length; return the elements in all."""
+        cdef int64_t total
+        cdef Py_ssize_t bad, n = idx.shape[0]
+        if n == 0:
+            return 0
+        with nogil:
+            bad = row_bounds(&self.offsets, self.values.length, &idx[0], n, starts, lens, &total)
+        if bad >= 0:
+            raise self.damaged(idx[bad])
+        return total
+
+    cdef object column(self, const int64_t[::1] idx, bint raw):
+        if not self.variable:
+            return self.fixed_column(idx)
+        if self.kind == K_VARIABLE or raw:
+            return self.ragged_column(idx)
+        return self.object_column(idx)
+
+    cdef object fixed_column(self, const int64_t[::1] idx):
+        cdef Py_ssize_t bad = -1, n = idx.shape[0]
+        arr = new_array(1, n, 0, self.element_shape, self.typenum)
+        cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(arr)
+        if n:
+            with nogil:
+                bad = gather_fixed(&self.values, &idx[0], n, out)
+        if bad >= 0:
+            raise self.damaged(idx[bad])
+        return arr
+
+    cdef object ragged_column(self, const int64_t[::1] idx):
+        cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
+        starts = np.empty(n, np.int64)
+        offsets = np.zeros(n + 1, np.int64)
+        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(starts)
+        cdef int64_t* of = <int64_t*>cnp.PyArray_DATA(offsets)
+        cdef int64_t total = self.bounds(idx, st, of + 1)
+        flat = new_array(1, total, 0, self.element_shape, self.typenum)
+        cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(flat)
+        with nogil:
+            bad = gather_rows(&self.values, st, of + 1, n, -1, NULL, out)
+            for j in range(n):
+                of[j + 1] += of[j]
+        if bad >= 0:
+            raise self.damaged(idx[bad])
+        return flat, offsets
+
+    cdef list object_column(self, const int64_t[::1] idx):
+        """str or bytes of every row, made in one loop."""
+        cdef Py_ssize_t j = 0, n = idx.shape[0]
+        cdef list out = PyList_New(n)
+        cdef object item
+        cdef const uint8_t* p
+        bounds = np.empty(2 * n, np.int64)
+        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(bounds)
+        cdef int64_t* ln = st + n
+        self.bounds(idx, st, ln)
+        for j in range(n):
+            if j + PREFETCH_AHEAD < n:
+                p = paged_addr(&self.values, st[j + PREFETCH_AHEAD])
+                if p != NULL:
+                    prefetch(p)
+            if paged_ptr(&self.values, st[j], st[j] + ln[j], &p) != 1:  # spans chunks
+                p = self.contiguous(idx[j], st[j], st[j] + ln[j])
+            item = self.build(idx[j], p, ln[j])
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, j, item)
+        return out
+
+    cdef object padded(self, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len):
+        cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
+        cdef int64_t e, width = min_len
+        cdef bint zero_pad = True
+        self.check_pad(pad)
+        starts = np.empty(n, np.int64)
+        lengths = np.empty(n, np.int64)
+        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(starts)
+        cdef int64_t* ln = <int64_t*>cnp.PyArray_DATA(lengths)
+        self.bounds(idx, st, ln)
+        for j in range(n):
+            width = max(width, ln[j])
+        for e in range(self.eb):
+            zero_pad = zero_pad and pad[e] == 0
+        out = new_array(2, n, width, self.element_shape, self.typenum)
+        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
+        with nogil:
+            bad = gather_rows(&self.values, st, ln, n, width, NULL if zero_pad else &pad[0], dst)
+        if bad >= 0:
+            raise self.damaged(idx[bad])
+        return out, lengths
+
+
+cdef class ZstdField(FieldReader):
+    """A field stored as zstd frames of ``rows_per_block`` rows (docs/FORMAT.md,
+    section 5). The last decompressed block is kept, for rows read in order."""
+
+    cdef Paged values
+    cdef Paged blocks
+    cdef int64_t max_block
+    cdef ZSTD_DDict* ddict
+    cdef ZSTD_DCtx* dctx       # per field: a context keeps its dictionary's tables warm
+    cdef int64_t cached        # the block in ``cache``, or -1
+    cdef uint8_t* cache
+    cdef int64_t cache_cap
+    cdef int64_t* starts       # variable fields: each cached row's first element
+    cdef int64_t starts_cap
+    cdef uint8_t* frame        # a frame that spans chunks, made contiguous
+    cdef int64_t frame_cap
+
+    def __init__(self, int64_t n_rows, dict spec):
+        cdef const uint8_t[::1] dictionary
+        FieldReader.__init__(self, n_rows, spec)
+        zstd = spec["zstd"]
+        self.set_paged(&self.values, spec["values"])
+        self.set_paged(&self.blocks, zstd["blocks"])
+        self.io.index = &self.blocks
+        self.io.values = &self.values
+        self.io.rows_per_block = max(<int64_t>zstd["rows_per_block"], 1)
+        self.io.variable = self.variable
+        self.max_block = zstd["max_block_bytes"]
+        self.cached = -1
+        self.dctx = ZSTD_createDCtx()
+        if self.dctx == NULL:
+            raise MemoryError()
+        if zstd.get("dictionary") is not None:
+            dictionary = zstd["dictionary"]
+            self.ddict = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
+            if self.ddict == NULL:
+                raise FormatError(f"field {self.name!r}: the stored zstd dictionary is invalid")
+
+    def __dealloc__(self):
+        free(self.cache)
+        free(self.starts)
+        free(self.frame)
+        if self.ddict != NULL:
+            ZSTD_freeDDict(self.ddict)
+        if self.dctx != NULL:
+            ZSTD_freeDCtx(self.dctx)
+
+    cdef uint8_t* grow(self, uint8_t** buf, int64_t* cap, int64_t size) except NULL:
+        if size > cap[0]:
+            free(buf[0])
+            buf[0] = <uint8_t*>malloc(max(size, 64))
+            cap[0] = 0 if buf[0] == NULL else max(size, 64)
+            if buf[0] == NULL:
+                raise MemoryError()
+        return buf[0]
+
+    cdef int load(self, int64_t j) except -1:
+        """Make block ``j`` the cached, decompressed block."""
+        cdef int64_t c0, c1, size, got, r, p, R = self.io.rows_per_block
+        cdef const uint8_t* src
+        cdef unsigned long long content
+        cdef const uint32_t* lens
+        cdef int ok
+        if self.cached == j:
+            return 0
+        self.cached = -1
+        if read_bounds(&self.blocks, j, &c0, &c1) < 0:
+            raise self.damaged(j * R)
+        ok = paged_ptr(&self.values, c0, c1, &src)
+        if ok == 0:
+            src = self.grow(&self.frame, &self.frame_cap, c1 - c0)
+            ok = 1 if paged_copy(&self.values, c0, c1, <uint8_t*>src) == 0 else -1
+        if ok < 0:
+            raise self.damaged(j * R)
+        content = ZSTD_getFrameContentSize(src, c1 - c0)
+        if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
+            raise self.damaged(j * R)
+        size = <int64_t>content
+        self.grow(&self.cache, &self.cache_cap, size)
+        with nogil:
+            got = decompress_frame(self.dctx, self.ddict, src, c1 - c0, self.cache, size)
+        r = min(R, self.n_rows - j * R)
+        if got != size or (self.variable and 4 * r > size):
+            raise self.damaged(j * R)
+        if self.variable:
+            if r + 1 > self.starts_cap:
+                free(self.starts)
+                self.starts = <int64_t*>malloc((r + 1) * sizeof(int64_t))
+                self.starts_cap = 0 if self.starts == NULL else r + 1
+                if self.starts == NULL:
+                    raise MemoryError()
+            lens = <const uint32_t*>self.cache
+            self.starts[0] = 0
+            for p in range(r):
+                self.starts[p + 1] = self.starts[p] + lens[p]
+            if 4 * r + self.starts[r] * self.eb != size:
+                raise self.damaged(j * R)
+        elif r * self.eb != size:
+            raise self.damaged(j * R)
+        self.cached = j
+        return 0
+
+    cdef int span(self, int64_t row, const uint8_t** ptr, int64_t* nelem) except -1:
+        """Point at row ``row`` in its decompressed block."""
+        cdef int64_t R = self.io.rows_per_block
+        cdef int64_t j = row // R, p = row - j * R, r
+        self.load(j)
+        if self.variable:
+            r = min(R, self.n_rows - j * R)
+            ptr[0] = self.cache + 4 * r + self.starts[p] * self.eb
+            nelem[0] = self.starts[p + 1] - self.starts[p]
+        else:
+            ptr[0] = self.cache + p * self.eb
+            nelem[0] = 1
+        return 0
+
+    cdef object take(self, int64_t i):
         cdef const uint8_t* ptr
         cdef int64_t nelem
-        self._span(k, row, &ptr, &nelem)
-        return self._object_at(k, row, ptr, nelem)
+        self.span(i, &ptr, &nelem)
+        return self.build(i, ptr, nelem)
 
-    cdef object _blocked_column(self, int k, const int64_t[::1] idx, bint raw=False):
-        """Column of a zstd field: rows are copied out of their blocks."""
+    cdef object column(self, const int64_t[::1] idx, bint raw):
+        """Rows copied out of their blocks (each block decompressed once for
+        sorted or clustered rows, thanks to the one-block cache)."""
         cdef Py_ssize_t j, n = idx.shape[0]
         cdef const uint8_t* ptr
-        cdef int64_t nelem, total = 0
-        cdef int64_t eb = self.eb[k]
-        cdef int kind = self.kinds[k]
+        cdef int64_t nelem
         cdef list out
         cdef object item
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef int d
-        if (kind == KIND_STRING or kind == KIND_BYTES) and not raw:
+        if (self.kind == K_STRING or self.kind == K_BYTES) and not raw:
             out = PyList_New(n)
             for j in range(n):
-                item = self._blocked_value(k, idx[j])
+                item = self.take(idx[j])
                 Py_INCREF(item)
                 PyList_SET_ITEM(out, j, item)
             return out
-        shape = self.elem_shapes[k]
-        if not self.is_var[k]:
-            dims[0] = n
-            for d in range(len(shape)):
-                dims[d + 1] = shape[d]
-            arr = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
+        if not self.variable:
+            arr = new_array(1, n, 0, self.element_shape, self.typenum)
             for j in range(n):
-                self._span(k, idx[j], &ptr, &nelem)
-                memcpy(<uint8_t*>cnp.PyArray_DATA(arr) + j * eb, ptr, eb)
+                self.span(idx[j], &ptr, &nelem)
+                memcpy(<uint8_t*>cnp.PyArray_DATA(arr) + j * self.eb, ptr, self.eb)
             return arr
-        # Variable: gather row by row into a growing buffer (blocks decompress once each
-        # for sorted or clustered indices thanks to the one-block cache), then copy
-        # once into the array.
-        offsets = np.empty(n + 1, np.int64)
-        cdef int64_t[::1] of = offsets
-        cdef int64_t cap = 0, used = 0, want
+        return self.ragged_column(idx)
+
+    cdef object ragged_column(self, const int64_t[::1] idx):
+        """Variable rows gathered into a growing buffer, then copied once."""
+        cdef Py_ssize_t j, n = idx.shape[0]
+        cdef const uint8_t* ptr
+        cdef int64_t nelem, cap = 0, used = 0, want
         cdef uint8_t* buf = NULL
         cdef uint8_t* grown
+        offsets = np.empty(n + 1, np.int64)
+        cdef int64_t[::1] of = offsets
         of[0] = 0
         try:
             for j in range(n):
-                self._span(k, idx[j], &ptr, &nelem)
-                want = used + nelem * eb
+                self.span(idx[j], &ptr, &nelem)
+                want = used + nelem * self.eb
                 if want > cap:
                     cap = max(want, 2 * cap, 4096)
                     grown = <uint8_t*>realloc(buf, cap)
                     if grown == NULL:
                         raise MemoryError()
                     buf = grown
-                memcpy(buf + used, ptr, nelem * eb)
+                memcpy(buf + used, ptr, nelem * self.eb)
                 used = want
                 of[j + 1] = of[j] + nelem
-            dims[0] = of[n]
-            for d in range(len(shape)):
-                dims[d + 1] = shape[d]
-            flat = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
+            flat = new_array(1, of[n], 0, self.element_shape, self.typenum)
             if used:
                 memcpy(cnp.PyArray_DATA(flat), buf, used)
         finally:
             free(buf)
         return flat, offsets
 
-    cdef inline int64_t _check_row(self, int64_t i) except -1:
-        if i < 0:
-            i += self.n_rows
-        if i < 0 or i >= self.n_rows:
-            raise IndexError(f"row index out of range for a dataset of {self.n_rows} rows")
-        return i
+    cdef object padded(self, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len):
+        self.check_pad(pad)
+        if self.kind != K_VARIABLE:
+            raise TypeError(f"field {self.name!r}: only numeric sequences are padded")
+        flat, offsets = self.ragged_column(idx)
+        return pad_ragged(flat, offsets, pad, min_len)
 
-    cdef _damaged(self, int k, int64_t row):
-        return FormatError(
-            f"field {self.names[k]!r}, row {row}: stored offsets or chunk addresses are "
-            "out of bounds; the file is damaged or truncated"
-        )
 
-    cdef object _text(self, int k, int64_t row, const uint8_t* ptr, int64_t size):
-        try:
-            return PyUnicode_DecodeUTF8(<const char*>ptr, size, "strict")
-        except UnicodeDecodeError as exc:
-            raise FormatError(
-                f"field {self.names[k]!r}, row {row}: stored text is not valid UTF-8; "
-                "the file is damaged"
-            ) from exc
+# -- the Decoder: a row, a column, and the cold stage over a set of field readers ----------
 
-    cdef object _var_value(self, int k, int64_t row):
-        cdef int64_t o0, o1
-        if self.blocked[k]:
-            return self._blocked_value(k, row)
-        if read_bounds(&self.offsets[k], row, &o0, &o1) < 0:
-            raise self._damaged(k, row)
-        return self._var_from_bounds(k, row, o0, o1)
+cdef class Decoder:
+    """Decode rows and batches of a set of fields from paged buffers.
 
-    cdef object _var_from_bounds(self, int k, int64_t row, int64_t o0, int64_t o1):
-        cdef int64_t nbytes
-        cdef const uint8_t* ptr
-        cdef Paged* vals = &self.values[k]
-        cdef int kind = self.kinds[k]
-        cdef int r
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef object arr
-        cdef int d
-        if kind == KIND_VARIABLE:
-            shape = self.elem_shapes[k]
-            dims[0] = o1 - o0
-            for d in range(len(shape)):
-                dims[d + 1] = shape[d]
-            arr = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
-            if paged_copy(vals, o0, o1, <uint8_t*>cnp.PyArray_DATA(arr)) < 0:
-                raise self._damaged(k, row)
-            return arr
-        r = paged_ptr(vals, o0, o1, &ptr)
-        if r < 0:
-            raise self._damaged(k, row)
-        nbytes = (o1 - o0) * vals.elem_bytes
-        if r == 0:
-            ptr = self._scratch(nbytes)
-            if paged_copy(vals, o0, o1, <uint8_t*>ptr) < 0:
-                raise self._damaged(k, row)
-        if kind == KIND_STRING:
-            return self._text(k, row, ptr, nbytes)
-        return PyBytes_FromStringAndSize(<const char*>ptr, nbytes)
+    Parameters
+    ----------
+    n_rows : int
+        Number of rows.
+    fields : list of dict
+        One entry per field with keys ``name``, ``kind`` (a ``fields.Kind``),
+        ``dtype``, ``element_shape``, ``values`` and, for variable fields,
+        ``offsets``, or for zstd fields ``zstd`` (``blocks``,
+        ``rows_per_block``, ``max_block_bytes``, ``dictionary``).
+        ``values``/``offsets``/``blocks`` are dicts with ``buffer`` (any
+        object exporting bytes), ``table`` (int64 chunk addresses),
+        ``chunk_len``, ``elem_bytes`` and ``length``. Tables must already
+        be validated against the buffer sizes.
+    memory_map : buffer, optional
+        The memory map of the whole file that every ``buffer`` points into.
+        Given, reads that miss the page cache are prefetched (see
+        :meth:`prefetch`); in-memory buffers need none.
 
-    cdef object _fixed_value(self, int k, int64_t row):
-        cdef const uint8_t* ptr
-        cdef Paged* vals = &self.values[k]
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef object arr
-        cdef int d
-        if self.blocked[k]:
-            return self._blocked_value(k, row)
-        if self.kinds[k] == KIND_SCALAR and self.codes[k] != S_NONE:
-            if paged_ptr(vals, row, row + 1, &ptr) != 1:
-                raise self._damaged(k, row)
-            return scalar_object(self.codes[k], ptr)
-        shape = self.elem_shapes[k]
-        for d in range(len(shape)):
-            dims[d] = shape[d]
-        arr = cnp.PyArray_SimpleNew(len(shape), dims, self.typenums[k])
-        if paged_copy(vals, row, row + 1, <uint8_t*>cnp.PyArray_DATA(arr)) < 0:
-            raise self._damaged(k, row)
-        return arr
+    A Decoder keeps per-call state (decompressed zstd blocks, span lists)
+    filled with the GIL released, so it serves only the thread that made it.
+    """
+
+    cdef readonly int64_t n_rows
+    cdef readonly list names
+    cdef list readers
+    cdef Py_ssize_t n_fields
+    cdef FieldIO* io          # each reader's FieldIO, for the cold stage without the GIL
+    cdef unsigned long owner
+    # Cold reads (memory maps only): the map, a reused span list, and the policy state.
+    cdef object map_view
+    cdef const uint8_t* map_base
+    cdef int64_t map_size
+    cdef Spans spans
+    cdef int cold_batches, cold_rows, row_countdown
+    cdef int64_t last_row, ahead_until
+
+    def __init__(self, int64_t n_rows, list fields, memory_map=None):
+        cdef const uint8_t[::1] view
+        cdef FieldReader reader
+        self.n_rows = n_rows
+        self.readers = [
+            ZstdField(n_rows, spec) if spec.get("zstd") is not None else RawField(n_rows, spec)
+            for spec in fields
+        ]
+        self.names = [spec["name"] for spec in fields]
+        self.n_fields = len(fields)
+        self.io = <FieldIO*>malloc(max(self.n_fields, 1) * sizeof(FieldIO))
+        if self.io == NULL:
+            raise MemoryError()
+        for k in range(self.n_fields):
+            reader = self.readers[k]
+            self.io[k] = reader.io
+        if memory_map is not None and len(memory_map):
+            view = memory_map
+            self.map_view = view
+            self.map_base = &view[0]
+            self.map_size = view.shape[0]
+        self.row_countdown = ROW_CHECK_EVERY
+        self.last_row = -2
+        self.owner = PyThread_get_thread_ident()
+
+    def __dealloc__(self):
+        free(self.io)
+        free(self.spans.data)
 
     def owned(self):
         """Whether the calling thread is the one that made this Decoder."""
@@ -758,42 +956,124 @@ cdef class Decoder:
             raise ForeignThreadError("this Decoder belongs to another thread; make one per thread")
         return 0
 
-    # -- cold reads: resolve rows to byte spans, ask for them all at once ----
-    cdef int _row_spans(self, int64_t i, bint data, Spans* out) noexcept nogil:
-        """Add the map spans row ``i`` needs: its index entries (offsets, block
-        table, fixed values) or, with ``data``, the values they point at."""
-        cdef int k
-        cdef int64_t j, lo, hi
+    cdef inline int64_t _check_row(self, int64_t i) except -1:
+        if i < 0:
+            i += self.n_rows
+        if i < 0 or i >= self.n_rows:
+            raise IndexError(f"row index out of range for a dataset of {self.n_rows} rows")
+        return i
+
+    cdef FieldReader _reader(self, int k):
+        if not 0 <= k < self.n_fields:
+            raise IndexError(f"field index {k} out of range for {self.n_fields} fields")
+        return <FieldReader>self.readers[k]
+
+    def row(self, int64_t i):
+        """Decode row ``i`` (negative counts from the end) into a dict."""
+        cdef Py_ssize_t k
+        cdef dict out = {}
+        cdef FieldReader reader
+        self._own()
+        i = self._check_row(i)
+        if self.map_base != NULL:
+            self._row_prefetch(i)
+        # Random rows miss the CPU caches: touch every field's index entry, then
+        # every field's data, so the misses overlap instead of queueing.
         for k in range(self.n_fields):
-            if self.blocked[k]:
-                j = i // self.rows_per_block[k]
-                if not data:
-                    if paged_spans(&self.blocks[k], self.map_base, j, j + 2, out) < 0:
-                        return -1
-                elif read_bounds(&self.blocks[k], j, &lo, &hi) == 0:
-                    if paged_spans(&self.values[k], self.map_base, lo, hi, out) < 0:
-                        return -1
-            elif self.is_var[k]:
-                if not data:
-                    if paged_spans(&self.offsets[k], self.map_base, i, i + 2, out) < 0:
-                        return -1
-                elif read_bounds(&self.offsets[k], i, &lo, &hi) == 0:
-                    if paged_spans(&self.values[k], self.map_base, lo, hi, out) < 0:
-                        return -1
-            elif not data:
-                if paged_spans(&self.values[k], self.map_base, i, i + 1, out) < 0:
+            (<FieldReader>self.readers[k]).hint(i)
+        for k in range(self.n_fields):
+            (<FieldReader>self.readers[k]).locate(i)
+        for k in range(self.n_fields):
+            reader = <FieldReader>self.readers[k]
+            out[reader.name] = reader.take(i)
+        return out
+
+    def value(self, int k, int64_t i):
+        """Decode field ``k`` of row ``i``."""
+        cdef FieldReader reader = self._reader(k)
+        self._own()
+        i = self._check_row(i)
+        reader.locate(i)
+        return reader.take(i)
+
+    def column(self, int k, const int64_t[::1] idx, bint raw=False):
+        """Decode field ``k`` of the checked rows ``idx`` in one call.
+
+        Returns a list of str (String), a list of bytes (Bytes), an ndarray
+        of shape (n, *element_shape) (fixed fields), or a tuple
+        ``(flat, offsets)`` of the concatenated elements and n + 1 int64
+        offsets (variable numeric fields, and String/Bytes when ``raw``).
+        """
+        cdef FieldReader reader = self._reader(k)
+        self._own()
+        return reader.column(idx, raw)
+
+    def padded(self, int k, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len=0):
+        """Gather variable field ``k`` of rows ``idx`` into one padded array.
+
+        Returns ``(out, lengths)``: ``out`` has shape
+        (n, max(max_len, min_len), *element_shape) with each row's tail
+        filled with the element ``pad`` (its raw bytes); ``lengths`` is int64.
+        """
+        cdef FieldReader reader = self._reader(k)
+        self._own()
+        return reader.padded(idx, pad, min_len)
+
+    def rows_index(self, object index):
+        """Normalise row indices to a checked int64 array (negatives wrap)."""
+        cdef cnp.ndarray[int64_t, ndim=1] idx
+        cdef int64_t j, n, v
+        cdef int overflow
+        cdef object item
+        if type(index) is list:
+            # What a DataLoader's batch sampler gives: a list of ints, read
+            # without building an intermediate array.
+            n = len(<list>index)
+            idx = np.empty(n, np.int64)
+            for j in range(n):
+                item = (<list>index)[j]
+                if type(item) is not int:
+                    break
+                v = PyLong_AsLongLongAndOverflow(item, &overflow)
+                if overflow:
+                    break
+                idx[j] = v
+            else:
+                return self._checked(idx)
+        idx = np.array(_integer_indices(index), dtype=np.int64, copy=True).reshape(-1)
+        return self._checked(idx)
+
+    cdef _checked(self, cnp.ndarray[int64_t, ndim=1] idx):
+        cdef int64_t j, n = idx.shape[0], v
+        for j in range(n):
+            v = idx[j]
+            if v < 0:
+                v += self.n_rows
+            if v < 0 or v >= self.n_rows:
+                raise IndexError(
+                    f"row index {idx[j]} out of range for a dataset of {self.n_rows} rows"
+                )
+            idx[j] = v
+        return idx
+
+    # -- the cold stage: resolve rows to byte spans, ask for them all at once ---------
+
+    cdef int _collect(self, const int64_t* rows, Py_ssize_t n, bint data) noexcept nogil:
+        """Fill the span list with every field's spans of ``rows``; -1 if out of memory."""
+        cdef Py_ssize_t j, k
+        self.spans.n = 0
+        for j in range(n):
+            for k in range(self.n_fields):
+                if field_spans(&self.io[k], rows[j], data, self.map_base, &self.spans) < 0:
                     return -1
         return 0
 
     cdef bint _resident(self, const int64_t* rows, Py_ssize_t n) except -1:
-        """Whether rows' index entries, then their values, are in the page cache."""
-        cdef Py_ssize_t j
+        """Whether rows' index entries, then their data, are in the page cache."""
         cdef bint data
         for data in (False, True):
-            self.spans.n = 0
-            for j in range(n):
-                if self._row_spans(rows[j], data, &self.spans) < 0:
-                    raise MemoryError()
+            if self._collect(rows, n, data) < 0:
+                raise MemoryError()
             if not spans_resident(self.map_base, self.map_size, self.spans.data,
                                   self.spans.n, self.spans.n):
                 return False
@@ -801,17 +1081,12 @@ cdef class Decoder:
 
     cdef int _fetch(self, const int64_t* rows, Py_ssize_t n) except -1:
         """Two rounds of madvise(WILLNEED): every index span, then every data
-        span (reading the offsets waits for the first round only)."""
-        cdef Py_ssize_t j
+        span (reading the index entries waits for the first round only)."""
         cdef bint data
         cdef int failed = 0
         with nogil:
             for data in (False, True):
-                self.spans.n = 0
-                for j in range(n):
-                    if self._row_spans(rows[j], data, &self.spans) < 0:
-                        failed = 1
-                        break
+                failed = self._collect(rows, n, data)
                 if failed:
                     break
                 willneed_spans(self.map_base, self.map_size, self.spans.data, self.spans.n, 0)
@@ -856,6 +1131,8 @@ cdef class Decoder:
         self.last_row = i
         if self.cold_rows > 0:
             self.cold_rows -= 1
+            if self.cold_rows == 0:
+                self.row_countdown = 1  # still cold? test the next row
         else:
             self.row_countdown -= 1
             if self.row_countdown > 0:
@@ -875,283 +1152,6 @@ cdef class Decoder:
             ahead[j] = start + j
         self.ahead_until = start + m
         return self._fetch(ahead, m) if m > 0 else 0
-
-    def row(self, int64_t i):
-        """Decode row ``i`` (negative counts from the end) into a dict."""
-        cdef int k
-        cdef dict out = {}
-        cdef const uint8_t* p
-        cdef int64_t* lo = self.bounds
-        cdef int64_t* hi = self.bounds + self.n_fields
-        self._own()
-        i = self._check_row(i)
-        if self.map_base != NULL:
-            self._row_prefetch(i)
-        # Random rows miss the CPU caches: touch every field's offsets (or
-        # value) first, then every field's data, so the misses overlap
-        # instead of queueing one after another.
-        for k in range(self.n_fields):
-            if self.blocked[k]:
-                continue
-            p = paged_addr(&self.offsets[k] if self.is_var[k] else &self.values[k], i)
-            if p != NULL:
-                prefetch(p)
-        for k in range(self.n_fields):
-            if self.is_var[k] and not self.blocked[k]:
-                if read_bounds(&self.offsets[k], i, &lo[k], &hi[k]) < 0:
-                    raise self._damaged(k, i)
-                p = paged_addr(&self.values[k], lo[k])
-                if p != NULL:
-                    prefetch(p)
-        for k in range(self.n_fields):
-            if self.blocked[k]:
-                out[self.names[k]] = self._blocked_value(k, i)
-            elif self.is_var[k]:
-                out[self.names[k]] = self._var_from_bounds(k, i, lo[k], hi[k])
-            else:
-                out[self.names[k]] = self._fixed_value(k, i)
-        return out
-
-    def value(self, int k, int64_t i):
-        """Decode field ``k`` of row ``i``."""
-        self._own()
-        i = self._check_row(i)
-        if self.kinds[k] == KIND_SCALAR or self.kinds[k] == KIND_FIXED:
-            return self._fixed_value(k, i)
-        return self._var_value(k, i)
-
-    def rows_index(self, object index):
-        """Normalise row indices to a checked int64 array (negatives wrap)."""
-        cdef cnp.ndarray[int64_t, ndim=1] idx
-        cdef int64_t j, n, v
-        cdef int overflow
-        cdef object item
-        if type(index) is list:
-            # What a DataLoader's batch sampler gives: a list of ints, read
-            # without building an intermediate array.
-            n = len(<list>index)
-            idx = np.empty(n, np.int64)
-            for j in range(n):
-                item = (<list>index)[j]
-                if type(item) is not int:
-                    break
-                v = PyLong_AsLongLongAndOverflow(item, &overflow)
-                if overflow:
-                    break
-                idx[j] = v
-            else:
-                return self._checked(idx)
-        idx = np.array(_integer_indices(index), dtype=np.int64, copy=True).reshape(-1)
-        return self._checked(idx)
-
-    cdef _checked(self, cnp.ndarray[int64_t, ndim=1] idx):
-        cdef int64_t j, n = idx.shape[0], v
-        for j in range(n):
-            v = idx[j]
-            if v < 0:
-                v += self.n_rows
-            if v < 0 or v >= self.n_rows:
-                raise IndexError(
-                    f"row index {idx[j]} out of range for a dataset of {self.n_rows} rows"
-                )
-            idx[j] = v
-        return idx
-
-    def column(self, int k, const int64_t[::1] idx, bint raw=False):
-        """Decode field ``k`` of the checked rows ``idx`` in one call.
-
-        Returns a list of str (String), a list of bytes (Bytes), an ndarray
-        of shape (n, *element_shape) (fixed fields), or a tuple
-        ``(flat, offsets)`` of the concatenated elements and n + 1 int64
-        offsets (variable numeric fields, and String/Bytes when ``raw``).
-        """
-        cdef int kind = self.kinds[k]
-        self._own()
-        if self.blocked[k]:
-            return self._blocked_column(k, idx, raw)
-        if raw and (kind == KIND_STRING or kind == KIND_BYTES):
-            return self._ragged(k, idx)
-        if kind == KIND_STRING or kind == KIND_BYTES:
-            return self._objects(k, idx)
-        if kind == KIND_VARIABLE:
-            return self._ragged(k, idx)
-        return self._fixed_batch(k, idx)
-
-    cdef list _objects(self, int k, const int64_t[::1] idx):
-        cdef Py_ssize_t j = 0, n = idx.shape[0]
-        cdef list out = PyList_New(n)
-        cdef object item
-        cdef const uint8_t* p
-        cdef Paged* vals = &self.values[k]
-        cdef bint text = self.kinds[k] == KIND_STRING
-        cdef int r
-        cdef cnp.ndarray[int64_t, ndim=1] bounds = np.empty(2 * n, np.int64)
-        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(bounds)
-        cdef int64_t* ln = st + n
-        self._lengths(k, idx, st, ln)
-        try:
-            for j in range(n):
-                if j + PREFETCH_AHEAD < n:
-                    p = paged_addr(vals, st[j + PREFETCH_AHEAD])
-                    if p != NULL:
-                        prefetch(p)
-                r = paged_ptr(vals, st[j], st[j] + ln[j], &p)
-                if r == 1:  # the common case: the row lies in one chunk
-                    if text:
-                        item = PyUnicode_DecodeUTF8(<const char*>p, ln[j], "strict")
-                    else:
-                        item = PyBytes_FromStringAndSize(<const char*>p, ln[j])
-                else:
-                    item = self._var_from_bounds(k, idx[j], st[j], st[j] + ln[j])
-                Py_INCREF(item)
-                PyList_SET_ITEM(out, j, item)
-        except UnicodeDecodeError as exc:
-            raise FormatError(
-                f"field {self.names[k]!r}, row {idx[j]}: stored text is not valid UTF-8; "
-                "the file is damaged"
-            ) from exc
-        return out
-
-    cdef object _fixed_batch(self, int k, const int64_t[::1] idx):
-        cdef Py_ssize_t j, n = idx.shape[0]
-        cdef Paged* vals = &self.values[k]
-        cdef int64_t eb = vals.elem_bytes, bad = -1
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef int d
-        shape = self.elem_shapes[k]
-        dims[0] = n
-        for d in range(len(shape)):
-            dims[d + 1] = shape[d]
-        arr = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
-        cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(arr)
-        cdef const uint8_t* p
-        with nogil:
-            for j in range(n):
-                if j + PREFETCH_AHEAD < n:
-                    p = paged_addr(vals, idx[j + PREFETCH_AHEAD])
-                    if p != NULL:
-                        prefetch(p)
-                if paged_copy(vals, idx[j], idx[j] + 1, out + j * eb) < 0:
-                    bad = idx[j]
-                    break
-        if bad >= 0:
-            raise self._damaged(k, bad)
-        return arr
-
-    cdef int64_t _lengths(self, int k, const int64_t[::1] idx, int64_t* starts,
-                          int64_t* lens) except -1:
-        """Fill start element and length of each row; return the total."""
-        cdef Py_ssize_t j, n = idx.shape[0]
-        cdef int64_t o0, o1, total = 0, bad = -1
-        cdef const uint8_t* p
-        with nogil:
-            for j in range(min(n, PREFETCH_AHEAD)):
-                p = paged_addr(&self.offsets[k], idx[j])
-                if p != NULL:
-                    prefetch(p)
-            for j in range(n):
-                if j + PREFETCH_AHEAD < n:
-                    p = paged_addr(&self.offsets[k], idx[j + PREFETCH_AHEAD])
-                    if p != NULL:
-                        prefetch(p)
-                if read_bounds(&self.offsets[k], idx[j], &o0, &o1) < 0 \
-                        or o1 > self.values[k].length:
-                    bad = idx[j]
-                    break
-                starts[j] = o0
-                lens[j] = o1 - o0
-                total += o1 - o0
-        if bad >= 0:
-            raise self._damaged(k, bad)
-        return total
-
-    cdef object _ragged(self, int k, const int64_t[::1] idx):
-        cdef Py_ssize_t j, n = idx.shape[0]
-        cdef cnp.ndarray[int64_t, ndim=1] starts = np.empty(n, np.int64)
-        cdef cnp.ndarray[int64_t, ndim=1] offsets = np.empty(n + 1, np.int64)
-        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(starts)
-        cdef int64_t* of = <int64_t*>cnp.PyArray_DATA(offsets)
-        cdef int64_t total = self._lengths(k, idx, st, of + 1)
-        cdef Paged* vals = &self.values[k]
-        cdef int64_t eb = vals.elem_bytes
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        cdef int d
-        of[0] = 0
-        for j in range(n):
-            of[j + 1] += of[j]
-        shape = self.elem_shapes[k]
-        dims[0] = total
-        for d in range(len(shape)):
-            dims[d + 1] = shape[d]
-        flat = cnp.PyArray_SimpleNew(1 + len(shape), dims, self.typenums[k])
-        cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(flat)
-        cdef Py_ssize_t bad = -1
-        with nogil:
-            for j in range(n):
-                if paged_copy(vals, st[j], st[j] + of[j + 1] - of[j], out + of[j] * eb) < 0:
-                    bad = j
-                    break
-        if bad >= 0:
-            raise self._damaged(k, idx[bad])
-        return flat, offsets
-
-    def padded(self, int k, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len=0):
-        """Gather variable field ``k`` of rows ``idx`` into one padded array.
-
-        Returns ``(out, lengths)``: ``out`` has shape
-        (n, max(max_len, min_len), *element_shape) with each row's tail
-        filled with the element ``pad`` (its raw bytes); ``lengths`` is int64.
-        """
-        cdef Py_ssize_t j, n = idx.shape[0]
-        cdef Paged* vals = &self.values[k]
-        cdef int64_t eb = self.eb[k], width = min_len, e
-        cdef int d
-        self._own()
-        if self.kinds[k] not in (KIND_VARIABLE, KIND_STRING, KIND_BYTES):
-            raise TypeError(f"field {self.names[k]!r} has a fixed size; nothing to pad")
-        if pad.shape[0] != eb:
-            raise ValueError(f"pad must be {eb} bytes, got {pad.shape[0]}")
-        if self.blocked[k]:
-            if self.kinds[k] != KIND_VARIABLE:
-                raise TypeError(f"field {self.names[k]!r}: only numeric sequences are padded")
-            flat, offsets = self._blocked_column(k, idx)
-            return pad_ragged(flat, offsets, pad, min_len)
-        cdef cnp.ndarray[int64_t, ndim=1] starts = np.empty(n, np.int64)
-        cdef cnp.ndarray[int64_t, ndim=1] lengths = np.empty(n, np.int64)
-        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(starts)
-        cdef int64_t* ln = <int64_t*>cnp.PyArray_DATA(lengths)
-        self._lengths(k, idx, st, ln)
-        for j in range(n):
-            if ln[j] > width:
-                width = ln[j]
-        cdef cnp.npy_intp dims[MAX_DIMS]
-        shape = self.elem_shapes[k]
-        dims[0] = n
-        dims[1] = width
-        for d in range(len(shape)):
-            dims[d + 2] = shape[d]
-        out = cnp.PyArray_SimpleNew(2 + len(shape), dims, self.typenums[k])
-        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
-        cdef const uint8_t* pp = &pad[0]
-        cdef bint zero_pad = True
-        for e in range(eb):
-            if pp[e] != 0:
-                zero_pad = False
-        cdef Py_ssize_t bad = -1
-        with nogil:
-            for j in range(n):
-                if paged_copy(vals, st[j], st[j] + ln[j], dst) < 0:
-                    bad = j
-                    break
-                if zero_pad:
-                    memset(dst + ln[j] * eb, 0, (width - ln[j]) * eb)
-                else:
-                    for e in range(ln[j], width):
-                        memcpy(dst + e * eb, pp, eb)
-                dst += width * eb
-        if bad >= 0:
-            raise self._damaged(k, idx[bad])
-        return out, lengths
 
 
 # How batch_rows takes each column's value of a row.

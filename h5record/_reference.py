@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIABLE
 from .errors import FormatError
+from .fields import Kind
 
 
 class _Paged:
@@ -76,24 +76,24 @@ class Decoder:
         dtype = np.dtype(spec["dtype"])
         shape = tuple(spec["element_shape"])
         kind = spec["kind"]
-        if kind in (KIND_SCALAR, KIND_FIXED):
+        if kind in (Kind.SCALAR, Kind.FIXED):
             raw = self.values[k].read(i, i + 1)
             if raw is None:
                 raise self._damaged(k, i)
             arr = np.frombuffer(raw, dtype).reshape(shape).copy()
-            return arr.item() if kind == KIND_SCALAR else arr
+            return arr.item() if kind == Kind.SCALAR else arr
         o0, o1 = self._bounds(k, i)
         raw = self.values[k].read(o0, o1)
         if raw is None:
             raise self._damaged(k, i)
-        if kind == KIND_STRING:
+        if kind == Kind.STRING:
             try:
                 return raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise self._damaged(k, i) from exc
-        if kind == KIND_BYTES:
+        if kind == Kind.BYTES:
             return raw
-        assert kind == KIND_VARIABLE
+        assert kind == Kind.VARIABLE
         return np.frombuffer(raw, dtype).reshape((o1 - o0, *shape)).copy()
 
     def row(self, i: int) -> dict[str, Any]:
@@ -110,11 +110,11 @@ class Decoder:
         spec = self.fields[k]
         kind = spec["kind"]
         items = [self.value(k, int(i)) for i in idx]
-        if kind in (KIND_STRING, KIND_BYTES):
+        if kind in (Kind.STRING, Kind.BYTES):
             return items
         dtype = np.dtype(spec["dtype"])
         shape = tuple(spec["element_shape"])
-        if kind == KIND_VARIABLE:
+        if kind == Kind.VARIABLE:
             offsets = np.zeros(len(items) + 1, np.int64)
             np.cumsum([len(x) for x in items], out=offsets[1:])
             flat = np.concatenate(items) if items else np.empty((0, *shape), dtype)
@@ -125,10 +125,10 @@ class Decoder:
         self, k: int, idx: np.ndarray, pad: Any, min_len: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         spec = self.fields[k]
-        dtype = np.dtype(spec["dtype"]) if spec["kind"] == KIND_VARIABLE else np.dtype(np.uint8)
+        dtype = np.dtype(spec["dtype"]) if spec["kind"] == Kind.VARIABLE else np.dtype(np.uint8)
         shape = tuple(spec["element_shape"])
         items = [self.value(k, int(i)) for i in idx]
-        if spec["kind"] in (KIND_STRING, KIND_BYTES):
+        if spec["kind"] in (Kind.STRING, Kind.BYTES):
             items = [
                 np.frombuffer(x.encode() if isinstance(x, str) else x, np.uint8) for x in items
             ]

@@ -7,6 +7,7 @@ writer. The names and constructor arguments of h5record 1.0.4 are kept.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -173,6 +174,16 @@ def _own(arr: np.ndarray, value: Any) -> np.ndarray:
     return arr
 
 
+class Kind(enum.IntEnum):
+    """How a field's rows are read back; the compiled reader uses the same numbers."""
+
+    STRING = 0  # variable UTF-8 text -> str
+    BYTES = 1  # variable bytes -> bytes
+    SCALAR = 2  # one number per row -> a Python number
+    FIXED = 3  # a fixed-shape array per row
+    VARIABLE = 4  # a variable-length array of elements per row
+
+
 class Field:
     """Base class of schema fields.
 
@@ -215,6 +226,13 @@ class Field:
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_json(), sort_keys=True))
+
+    @property
+    def kind(self) -> Kind:
+        """How rows of this field are read back (see :class:`Kind`)."""
+        if self.variable:
+            return Kind.VARIABLE
+        return Kind.SCALAR if self.element_shape == () else Kind.FIXED
 
     @property
     def element_bytes(self) -> int:
@@ -312,6 +330,7 @@ class String(Field):
 
     type_name = "String"
     variable = True
+    kind = Kind.STRING  # type: ignore[assignment]
     dtype = np.dtype(np.uint8)
 
     def __init__(self, name: str = "string", compression: Any = None) -> None:
@@ -334,6 +353,7 @@ class Bytes(Field):
 
     type_name = "Bytes"
     variable = True
+    kind = Kind.BYTES  # type: ignore[assignment]
     dtype = np.dtype(np.uint8)
 
     def __init__(self, name: str = "bytes", compression: Any = None) -> None:

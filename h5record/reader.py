@@ -22,25 +22,14 @@ import h5py
 import numpy as np
 
 from . import spec
-from ._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIABLE
 from .errors import FormatError
-from .fields import Field, Schema, String
+from .fields import Field, Kind, Schema
 
 # HDF5 chunk cache for filtered (lzf, gzip) fields, per field and process.
 CHUNK_CACHE_BYTES = 32 << 20
 
 # One lock around every HDF5 call made after opening.
 HDF5_LOCK = threading.RLock()
-
-
-def field_kind(field: Field) -> int:
-    if isinstance(field, String):
-        return KIND_STRING
-    if field.type_name == "Bytes":
-        return KIND_BYTES
-    if field.variable:
-        return KIND_VARIABLE
-    return KIND_SCALAR if field.element_shape == () else KIND_FIXED
 
 
 @dataclass
@@ -149,7 +138,7 @@ def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -
     offsets_paged = None if offsets is None else _paged(f, offsets, 8, file_size, where)
     if offsets_paged is None and offsets is not None:
         raise FormatError(f"{where}: offsets must not be filtered")
-    return FieldLayout(fld, field_kind(fld), values_paged, offsets_paged, values.shape[0], filtered)
+    return FieldLayout(fld, fld.kind, values_paged, offsets_paged, values.shape[0], filtered)
 
 
 def _zstd_layout(f: h5py.File, fld: Field, n: int, file_size: int, where: str) -> FieldLayout:
@@ -181,7 +170,7 @@ def _zstd_layout(f: h5py.File, fld: Field, n: int, file_size: int, where: str) -
         "max_block_bytes": max_block,
         "dictionary": dictionary,
     }
-    return FieldLayout(fld, field_kind(fld), values_paged, None, values.shape[0], False, zstd)
+    return FieldLayout(fld, fld.kind, values_paged, None, values.shape[0], False, zstd)
 
 
 def _paged(f: h5py.File, dset: h5py.Dataset, elem_bytes: int, file_size: int, where: str):
@@ -436,7 +425,7 @@ class H5Column:
             where = f"{self.path}: field {self.field.name!r}, row {start}"
             if offsets is None:
                 arr = read_hdf5(values, np.s_[start:stop], where)
-                if self.kind == KIND_SCALAR:
+                if self.kind == Kind.SCALAR:
                     return arr.tolist()
                 return list(arr)
             bounds = read_hdf5(offsets, np.s_[start : stop + 1], where).astype(np.int64)
@@ -448,12 +437,12 @@ class H5Column:
             data = read_hdf5(values, np.s_[o0:o1], where)
         rel = (bounds - o0).tolist()
         rows = [data[a:b] for a, b in itertools.pairwise(rel)]
-        if self.kind == KIND_STRING:
+        if self.kind == Kind.STRING:
             try:
                 return [row.tobytes().decode("utf-8") for row in rows]
             except UnicodeDecodeError as exc:
                 raise FormatError(f"{where}: invalid UTF-8; the file is damaged") from exc
-        if self.kind == KIND_BYTES:
+        if self.kind == Kind.BYTES:
             return [row.tobytes() for row in rows]
         return [row.copy() for row in rows]  # not views that keep the whole run alive
 
@@ -475,9 +464,9 @@ class H5Column:
         return self._assemble(items)
 
     def _assemble(self, items: list[Any]) -> Any:
-        if self.kind in (KIND_STRING, KIND_BYTES):
+        if self.kind in (Kind.STRING, Kind.BYTES):
             return items
-        if self.kind == KIND_VARIABLE:
+        if self.kind == Kind.VARIABLE:
             lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
             offsets = np.zeros(len(items) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])

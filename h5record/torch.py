@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._fast import KIND_BYTES, KIND_STRING, KIND_VARIABLE
 from .dataset import Batch, _pad_ragged
-from .fields import Field
+from .fields import Field, Kind
 
 
 class Collate:
@@ -57,14 +56,14 @@ class Collate:
         ds = batch.dataset
         out: dict[str, Any] = {}
         self._check_lengths_keys(
-            [f.name for f in ds.schema], lambda name: ds.kind(name) == KIND_VARIABLE
+            [f.name for f in ds.schema], lambda name: ds.kind(name) == Kind.VARIABLE
         )
         for field in ds.schema:
             name = field.name
             kind = ds.kind(name)
-            if kind in (KIND_STRING, KIND_BYTES):
+            if kind in (Kind.STRING, Kind.BYTES):
                 out[name] = batch.column(name)
-            elif kind == KIND_VARIABLE:
+            elif kind == Kind.VARIABLE:
                 pad = self._pad_bytes(field.dtype, field.element_shape)
                 padded, lengths = ds.padded(name, batch.indices, pad)
                 self._put_padded(out, name, padded, lengths)

@@ -22,10 +22,10 @@ from h5record import (
     codecs,
     reader,
 )
-from h5record._fast import KIND_BYTES, KIND_FIXED, KIND_SCALAR, KIND_STRING, KIND_VARIABLE
+from h5record.fields import Kind
 from tests.strategies import NUMERIC_DTYPES, small_text
 
-VARIABLE_KINDS = (KIND_STRING, KIND_BYTES, KIND_VARIABLE)
+VARIABLE_KINDS = (Kind.STRING, Kind.BYTES, Kind.VARIABLE)
 
 # -- building paged buffers by hand --------------------------------------------------------
 
@@ -81,7 +81,7 @@ def variable_field(pages, name, kind, rows, dtype="u1", tail=(), chunks=(3, 3)) 
     """A variable field over ``rows`` (bytes for String/Bytes, arrays otherwise)."""
     dtype = np.dtype(dtype)
     elem = dtype.itemsize * int(np.prod(tail, dtype=np.int64))
-    if kind in (KIND_STRING, KIND_BYTES):
+    if kind in (Kind.STRING, Kind.BYTES):
         data, lengths = b"".join(rows), [len(r) for r in rows]
     else:
         data, lengths = _values_bytes(rows, dtype, tail), [len(r) for r in rows]
@@ -101,7 +101,7 @@ def fixed_field(pages, name, values: np.ndarray, chunk=3, scalar=False) -> dict:
     tail = values.shape[1:]
     return {
         "name": name,
-        "kind": KIND_SCALAR if scalar else KIND_FIXED,
+        "kind": Kind.SCALAR if scalar else Kind.FIXED,
         "dtype": values.dtype,
         "element_shape": tail,
         "values": pages.add(values.tobytes(), values[0:1].nbytes or 1, chunk, len(values)),
@@ -129,10 +129,10 @@ def decoder_inputs(draw):
         chunks = (draw(chunk), draw(chunk))
         if kind == "string":
             rows = [draw(small_text).encode() for _ in range(n)]
-            fields.append(variable_field(pages, name, KIND_STRING, rows, chunks=chunks))
+            fields.append(variable_field(pages, name, Kind.STRING, rows, chunks=chunks))
         elif kind == "bytes":
             rows = [rng.bytes(int(rng.integers(0, 9))) for _ in range(n)]
-            fields.append(variable_field(pages, name, KIND_BYTES, rows, chunks=chunks))
+            fields.append(variable_field(pages, name, Kind.BYTES, rows, chunks=chunks))
         elif kind == "scalar":
             values = _random_values(rng, dtype, (max(n, 1),))
             fields.append(fixed_field(pages, name, values, chunks[0], scalar=True))
@@ -144,7 +144,7 @@ def decoder_inputs(draw):
             tail = () if kind == "variable" else (2, 1, 3)
             rows = [_random_values(rng, dtype, (int(rng.integers(0, 5)), *tail)) for _ in range(n)]
             fields.append(
-                variable_field(pages, name, KIND_VARIABLE, rows, dtype, tail, chunks=chunks)
+                variable_field(pages, name, Kind.VARIABLE, rows, dtype, tail, chunks=chunks)
             )
     pages.build()
     idx = draw(st.lists(st.integers(-n, n - 1), max_size=30)) if n else []
@@ -235,7 +235,7 @@ def test_decoder_equals_reference(inputs, min_len):
 def test_raw_column_of_text_is_bytes_and_offsets():
     pages = Pages(np.random.default_rng(0))
     rows = ["a", "", "é🎉", "xyz"]
-    field = variable_field(pages, "t", KIND_STRING, [r.encode() for r in rows], chunks=(2, 2))
+    field = variable_field(pages, "t", Kind.STRING, [r.encode() for r in rows], chunks=(2, 2))
     pages.build()
     fast = _fast.Decoder(4, [field])
     idx = np.array([3, 2, 0], np.int64)
@@ -286,12 +286,12 @@ def _damaged_field(kind: str, damage: str) -> tuple[int, list[dict]]:
     n = 6
     if kind in ("string", "bytes"):
         rows = [b"abc"[: i % 4] * 2 for i in range(n)]
-        code = KIND_STRING if kind == "string" else KIND_BYTES
+        code = Kind.STRING if kind == "string" else Kind.BYTES
         field = variable_field(pages, "x", code, rows, chunks=(2, 2))
     elif kind in ("variable", "frames"):
         tail = () if kind == "variable" else (1, 2)
         rows = [np.full((1 + i % 3, *tail), i, np.int16) for i in range(n)]
-        field = variable_field(pages, "x", KIND_VARIABLE, rows, "<i2", tail, chunks=(2, 2))
+        field = variable_field(pages, "x", Kind.VARIABLE, rows, "<i2", tail, chunks=(2, 2))
     else:
         values = np.arange(n * 2, dtype="<i4").reshape(n, 2)
         if kind == "scalar":
