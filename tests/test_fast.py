@@ -434,7 +434,7 @@ def test_bad_pad_and_fixed_fields():
         fast.padded(0, idx, np.zeros(3, np.uint8))
 
 
-# -- zstd blocks: the compiled reader against the reference on decompressed data ----------
+# -- zstd blocks: the compiled reader against the reference, which decodes with zstandard --
 
 
 @pytest.mark.parametrize("block_bytes", [1, 64, 100_000])
@@ -459,8 +459,8 @@ def test_zstd_fields_equal_the_reference(tmp_path, block_bytes):
             )
     layout = reader.read_layout(str(path))
     assert layout.fields[0].zstd is not None and layout.fields[1].zstd is not None
-    fast = _fast.Decoder(n, reader.decoder_fields(layout, reader.map_file(str(path))))
-    ref = _reference.Decoder(n, reader.memory_fields(layout, reader.load_arrays(layout)))
+    fields = reader.decoder_fields(layout, reader.map_file(str(path)))
+    fast, ref = _fast.Decoder(n, fields), _reference.Decoder(n, fields)
     for i in rng.permutation(n):
         _same(fast.row(int(i)), ref.row(int(i)))
     idx = fast.rows_index(rng.integers(-n, n, 200))
