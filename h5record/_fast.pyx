@@ -990,8 +990,9 @@ cdef class Decoder:
 
     def value(self, int k, int64_t i):
         """Decode field ``k`` of row ``i``."""
-        cdef FieldReader reader = self._reader(k)
+        cdef FieldReader reader
         self._own()
+        reader = self._reader(k)
         i = self._check_row(i)
         reader.locate(i)
         return reader.take(i)
@@ -1004,8 +1005,9 @@ cdef class Decoder:
         ``(flat, offsets)`` of the concatenated elements and n + 1 int64
         offsets (variable numeric fields, and String/Bytes when ``raw``).
         """
-        cdef FieldReader reader = self._reader(k)
+        cdef FieldReader reader
         self._own()
+        reader = self._reader(k)
         return reader.column(idx, raw)
 
     def padded(self, int k, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len=0):
@@ -1015,8 +1017,9 @@ cdef class Decoder:
         (n, max(max_len, min_len), *element_shape) with each row's tail
         filled with the element ``pad`` (its raw bytes); ``lengths`` is int64.
         """
-        cdef FieldReader reader = self._reader(k)
+        cdef FieldReader reader
         self._own()
+        reader = self._reader(k)
         return reader.padded(idx, pad, min_len)
 
     def rows_index(self, object index):

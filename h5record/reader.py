@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import spec
+from . import _io, spec
 from .errors import FormatError
 from .fields import Field, Kind, Schema
 
@@ -212,14 +212,25 @@ def _stored_table(f: h5py.File, dset: h5py.Dataset, n_chunks: int) -> np.ndarray
 
 
 def _scan_table(dset: h5py.Dataset, chunk_len: int, n_chunks: int) -> np.ndarray:
+    return _chunk_index(dset, chunk_len, n_chunks)[0]
+
+
+def _chunk_index(
+    dset: h5py.Dataset, chunk_len: int, n_chunks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """File address (-1 if absent) and stored size of every chunk, in one pass of HDF5's index."""
     table = np.full(n_chunks, -1, np.int64)
+    sizes = np.zeros(n_chunks, np.int64)
 
     def visit(info: Any) -> None:
-        table[info.chunk_offset[0] // chunk_len] = info.byte_offset
+        c = info.chunk_offset[0] // chunk_len
+        if c < n_chunks:
+            table[c] = info.byte_offset
+            sizes[c] = info.size
 
     if n_chunks:
         dset.id.chunk_iter(visit)
-    return table
+    return table, sizes
 
 
 def map_file(path: str, random: bool = True) -> mmap.mmap | bytes:
@@ -391,6 +402,35 @@ def read_hdf5(dset: h5py.Dataset, sel: Any, where: str, out: np.ndarray | None =
 # Rows of a filtered field fewer than this apart are read in one run.
 RUN_GAP = 32
 
+# Batches of a filtered field that prefetch without a residency test, once a
+# test missed the page cache (as Decoder.prefetch does).
+COLD_BATCHES = 16
+
+# Filtered fields of more chunks are not prefetched: their chunk index (read
+# once, 16 bytes and ~1 us a chunk; HDF5's per-chunk lookup costs ~250 us)
+# would cost more than it saves.
+MAX_INDEXED_CHUNKS = 1 << 22
+
+
+def _element_values(paged: PagedArray, elements: np.ndarray, buffer: Any) -> np.ndarray:
+    """Little-endian int64 elements of an unfiltered array, read from a map of the file."""
+    spans = _element_spans(paged, elements.reshape(-1))
+    if len(spans) != elements.size:
+        raise FormatError("offsets of a filtered field point outside their chunks; damaged")
+    data = np.frombuffer(buffer, np.uint8)
+    if len(spans) and spans[:, 0].max() + 8 > len(data):
+        raise FormatError("offsets of a filtered field lie past the end of the file; damaged")
+    return data[spans[:, :1] + np.arange(8)].view("<i8").reshape(elements.shape)
+
+
+def _element_spans(paged: PagedArray, elements: np.ndarray) -> np.ndarray:
+    """(file address, bytes) of single elements of an unfiltered array."""
+    elements = elements[(elements >= 0) & (elements < paged.length)]
+    addr = paged.table[elements // paged.chunk_len]
+    keep = addr >= 0
+    addr = addr[keep] + (elements[keep] % paged.chunk_len) * paged.elem_bytes
+    return np.stack([addr, np.full(len(addr), paged.elem_bytes, np.int64)], axis=1)
+
 
 class H5Column:
     """Read one filtered field through h5py (the slow path for lzf/gzip)."""
@@ -399,8 +439,12 @@ class H5Column:
         self.path = layout.path
         self.field = fl.field
         self.kind = fl.kind
+        self._offsets_table = fl.offsets  # unfiltered: its addresses are known
         self._file: h5py.File | None = None
         self._pid = -1
+        self._map: Any = None
+        self._cold_batches = 0
+        self._chunks: tuple[np.ndarray, np.ndarray] | None = None  # address, size
 
     def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
         if self._file is None or self._pid != os.getpid():
@@ -456,12 +500,60 @@ class H5Column:
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
         breaks = np.flatnonzero(np.diff(ordered) > RUN_GAP) + 1
-        for run in np.split(np.arange(len(idx)), breaks):
+        runs = np.split(np.arange(len(idx)), breaks)
+        self._prefetch([(int(ordered[r[0]]), int(ordered[r[-1]]) + 1) for r in runs])
+        for run in runs:
             first = int(ordered[run[0]])
             rows = self._run(first, int(ordered[run[-1]]) + 1)
             for p in run.tolist():
                 items[order[p]] = rows[int(ordered[p]) - first]
         return self._assemble(items)
+
+    # -- the cold stage: the same policy as Decoder.prefetch, for HDF5 chunks -----
+    def _prefetch(self, runs: list[tuple[int, int]]) -> None:
+        """Ask the OS for the offsets, then the compressed chunks, of every run."""
+        if self._map is None or self._pid != os.getpid():
+            with HDF5_LOCK:
+                self._datasets()
+            self._map = map_file(self.path)
+        if not len(self._map) or self._too_many_chunks():
+            return
+        if self._cold_batches > 0:
+            self._cold_batches -= 1
+        else:
+            sample = runs[:: max(1, len(runs) // 2)][:2]
+            if all(_io.resident(self._map, r) for r in self._spans(sample)):
+                return
+            self._cold_batches = COLD_BATCHES
+        for spans in self._spans(runs):
+            _io.willneed(self._map, spans)
+
+    def _too_many_chunks(self) -> bool:
+        values = self._values
+        return values.chunks is None or values.shape[0] // values.chunks[0] > MAX_INDEXED_CHUNKS
+
+    def _spans(self, runs: list[tuple[int, int]]):  # type: ignore[no-untyped-def]
+        """Yield the file spans of the runs' offsets, then of their values' chunks."""
+        if self._offsets_table is not None:
+            ends = np.array(runs, np.int64).reshape(-1)
+            yield _element_spans(self._offsets_table, ends)
+        yield self._chunk_spans(runs)
+
+    def _chunk_spans(self, runs: list[tuple[int, int]]) -> np.ndarray:
+        if self._offsets_table is not None:  # elements of each run, from its two offsets
+            ends = _element_values(self._offsets_table, np.array(runs, np.int64), self._map)
+            runs = ends.reshape(-1, 2).tolist()
+        with HDF5_LOCK:
+            values, _ = self._datasets()
+            chunk_len = values.chunks[0]
+            if self._chunks is None:
+                self._chunks = _chunk_index(values, chunk_len, -(-values.shape[0] // chunk_len))
+        table, sizes = self._chunks
+        ranges = [np.arange(a // chunk_len, (b - 1) // chunk_len + 1) for a, b in runs if b > a]
+        chunks = np.unique(np.concatenate(ranges)) if ranges else np.empty(0, np.int64)
+        chunks = chunks[chunks < len(table)]
+        chunks = chunks[table[chunks] >= 0]
+        return np.stack([table[chunks], sizes[chunks]], axis=1)
 
     def _assemble(self, items: list[Any]) -> Any:
         if self.kind in (Kind.STRING, Kind.BYTES):
@@ -482,8 +574,9 @@ class H5Column:
             with HDF5_LOCK:
                 self._file.close()
         self._file = None
+        self._map = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_file=None, _pid=-1, _values=None, _offsets=None)
+        state.update(_file=None, _pid=-1, _values=None, _offsets=None, _map=None, _chunks=None)
         return state

@@ -93,7 +93,7 @@ def _evict(path):
         os.close(fd)
 
 
-@pytest.fixture(params=[None, "zstd"])
+@pytest.fixture(params=[None, "zstd", "lzf"])
 def cold_file(tmp_path, request):
     rng = np.random.default_rng(1)
     path = str(tmp_path / "cold.h5")
@@ -134,6 +134,17 @@ def test_prefetch_fetches_only_when_the_sample_misses(cold_file):
         fh.read()  # warm, and not mapped by any process (mapped pages are not evicted)
     ds = H5Dataset(path)
     decoder = ds._open()
+    if not decoder.names:  # every field filtered: HDF5 chunks take the same policy
+        column = ds._slow[0]
+        ds[idx].to_list()
+        assert column._cold_batches == 0
+        _evict(path)
+        ds.close()
+        ds = H5Dataset(path)
+        assert ds[idx].to_list() == [rows[i] for i in idx.tolist()]
+        if ds._slow[0]._cold_batches == 0:
+            pytest.skip("this filesystem keeps the pages cached (e.g. tmpfs)")
+        return
     assert decoder.prefetch(idx) is False
     _evict(path)
     if decoder.prefetch(idx) is False:
