@@ -8,9 +8,10 @@ that HDF5 writes through (h5py's ``fileobj`` driver). It keeps one promise:
 past the committed end go to the file at once; writes into the committed
 part (HDF5 rewriting a header, a B-tree node or a partly filled chunk) are
 held in memory, page by page, and reach the file only inside
-:meth:`CommitFile.commit`, under a rollback journal. A process killed at any
-moment therefore leaves the file of its last commit, plus unreferenced bytes
-at the end, or a journal that :func:`recover` uses to restore it.
+:meth:`CommitFile.commit`, through a journal written first (a redo log). A
+process killed at any moment therefore leaves the file of its last commit,
+plus unreferenced bytes at its end, or a complete journal with which
+:func:`recover` finishes the commit.
 
 An OS error (a full disk, say) is recorded instead of raised into HDF5,
 which reacts to errors in a file object badly (``SystemError``, and a
@@ -30,8 +31,8 @@ from . import spec
 from .errors import WriteError
 
 PAGE = 4096
-_HEADER = struct.Struct("<8sQII")  # magic, committed size, page size, page count
-_ENTRY = struct.Struct("<Q")  # page index, followed by the page's old bytes
+_HEADER = struct.Struct("<8sQII")  # magic, file size, page size, page count
+_ENTRY = struct.Struct("<Q")  # page index, followed by the page's new bytes
 _CRC = struct.Struct("<I")
 
 
@@ -61,11 +62,9 @@ def write_error(path: str, exc: OSError, what: str) -> WriteError:
     hint = ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "; free some space, then continue with H5Writer(..., resume=True)"
-    err = WriteError(
+    return WriteError(
         exc.errno or 0, f"{path}: {exc.strerror or exc} while writing {what}{space}{hint}"
     )
-    err.filename = path
-    return err
 
 
 class CommitFile:
@@ -76,7 +75,7 @@ class CommitFile:
     path:
         The file. ``create=True`` makes a new one (it must not exist; its
         mode follows the umask); otherwise it is opened for update, after
-        rolling back a commit that was interrupted (:func:`recover`).
+        finishing a commit that was interrupted (:func:`recover`).
     """
 
     def __init__(self, path: str, create: bool) -> None:
@@ -211,10 +210,11 @@ class CommitFile:
     def commit(self) -> None:
         """Make everything written so far the new committed state.
 
-        Order: new bytes are made durable first; then the old content of every
-        committed page about to change goes to the journal (made durable);
-        then the pages are written; then the journal is removed, which is
-        the commit point. A kill at any step leaves the old or the new state.
+        Order: new bytes past the committed end are made durable; then the
+        new content of every committed page that changes goes to the journal,
+        made durable: that is the commit point. Then the pages are written in
+        place and the journal is removed. A kill before the commit point
+        leaves the old state; after it, :func:`recover` finishes the commit.
         """
         self.check()
         try:
@@ -222,29 +222,25 @@ class CommitFile:
             if self.pages:
                 self._write_journal()
                 for index in sorted(self.pages):
-                    page = self.pages[index]
-                    end = min(PAGE, self.size - index * PAGE)
-                    if end > 0:
-                        self._pwrite(memoryview(page)[:end], index * PAGE)
+                    self._pwrite(
+                        memoryview(self.pages[index])[: self._page_end(index)], index * PAGE
+                    )
                 os.fsync(self.fd)
                 os.unlink(journal_path(self.path))
-                fsync_dir(self.path)
         except OSError as exc:
             self.error = write_error(self.path, exc, "a commit")
-            try:
-                recover(self.path)
-            except OSError:
-                pass
             raise self.error from exc
         self.pages.clear()
         self.committed = os.fstat(self.fd).st_size
         self.size = max(self.size, self.committed)
 
+    def _page_end(self, index: int) -> int:
+        return max(0, min(PAGE, self.size - index * PAGE))
+
     def _write_journal(self) -> None:
-        parts = [_HEADER.pack(spec.JOURNAL_MAGIC, self.committed, PAGE, len(self.pages))]
+        parts = [_HEADER.pack(spec.JOURNAL_MAGIC, self.size, PAGE, len(self.pages))]
         for index in sorted(self.pages):
-            old = os.pread(self.fd, PAGE, index * PAGE).ljust(PAGE, b"\0")
-            parts += [_ENTRY.pack(index), old]
+            parts += [_ENTRY.pack(index), bytes(self.pages[index])]
         body = b"".join(parts)
         body += _CRC.pack(zlib.crc32(body))
         jpath = journal_path(self.path)
@@ -281,12 +277,14 @@ class CommitFile:
             self.fd = -1
 
 
-def recover(path: str) -> bool:
-    """Finish the interrupted commit of ``path``, if any; True if one was rolled back.
+def recover(path: str, reader: bool = False) -> bool:
+    """Finish the interrupted commit of ``path``, if any; True if one was finished.
 
-    A complete journal means the commit may have changed committed pages:
-    they are written back and the file is trimmed to its committed size. An
-    incomplete journal means the commit never reached the file: it is removed.
+    A complete journal means the commit reached its commit point: its pages
+    are written (again) and the journal removed. An incomplete one means
+    the commit never changed the file: it is removed. A ``reader`` (which may
+    run beside a live writer) only writes the pages of a complete journal
+    and removes nothing.
     """
     jpath = journal_path(path)
     try:
@@ -309,12 +307,13 @@ def recover(path: str) -> bool:
             for _ in range(count):
                 (index,) = _ENTRY.unpack_from(body, at)
                 at += _ENTRY.size
-                os.pwrite(fd, body[at : at + page], index * page)
+                end = max(0, min(page, size - index * page))
+                os.pwrite(fd, body[at : at + end], index * page)
                 at += page
-            os.ftruncate(fd, size)
             os.fsync(fd)
         finally:
             os.close(fd)
-    os.unlink(jpath)
-    fsync_dir(jpath)
+    if not reader:
+        os.unlink(jpath)
+        fsync_dir(jpath)
     return complete

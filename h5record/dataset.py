@@ -19,6 +19,7 @@ import numpy as np
 from . import reader
 from ._fast import Decoder, ForeignThreadError, batch_rows, pad_ragged
 from .cache import SharedCache
+from .commit import recover
 from .errors import FormatError
 from .fields import Schema
 from .spec import PARTIAL_SUFFIX
@@ -96,6 +97,8 @@ class H5Dataset:
                 f"{self.path} is an unfinished file; continue it with H5Writer(..., resume=True), "
                 "or read the rows of its last commit with H5Dataset(path, partial=True)"
             )
+        if partial:  # a commit killed past its commit point is finished first
+            recover(self.path, reader=True)
         self.in_memory = in_memory
         self.transform = transform
         self._layout = reader.read_layout(self.path)

@@ -591,7 +591,7 @@ class H5Writer:
         try:
             self._io = CommitFile(path, create=False)
         except OSError as exc:
-            raise write_error(path, exc, "the rollback of an interrupted commit") from exc
+            raise write_error(path, exc, "the end of an interrupted commit") from exc
         try:
             self._file = h5py.File(self._io, "r+")
         except OSError as exc:
