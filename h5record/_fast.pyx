@@ -939,7 +939,7 @@ cdef class Decoder:
             self.map_view = view
             self.map_base = &view[0]
             self.map_size = view.shape[0]
-        self.row_countdown = ROW_CHECK_EVERY
+        self.row_countdown = 1  # the first row tells a cold file from a warm one
         self.last_row = -2
         self.owner = PyThread_get_thread_ident()
 
