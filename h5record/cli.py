@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from . import reader
+from . import reader, spec
 from .dataset import H5Dataset
 from .errors import H5RecordError
+from .writer import partial_rows
+
+
+def _partial_note(path: str) -> None:
+    """Name an unfinished write next to a file, with its committed rows."""
+    partial = path if path.endswith(spec.PARTIAL_SUFFIX) else path + spec.PARTIAL_SUFFIX
+    if not os.path.exists(partial):
+        return
+    rows = partial_rows(partial)
+    held = "no committed rows" if rows is None else f"{rows:,} committed rows"
+    size = os.path.getsize(partial) / 1e6
+    print(
+        f"{partial}: unfinished write ({held}, {size:,.1f} MB); continue it with "
+        "H5Writer(..., resume=True) or delete it"
+    )
 
 
 def _info(path: str) -> int:
+    _partial_note(path)
+    only_partial = not os.path.exists(path) and os.path.exists(path + spec.PARTIAL_SUFFIX)
+    if only_partial or path.endswith(spec.PARTIAL_SUFFIX):
+        return 0
+    return _info_of(path)
+
+
+def _info_of(path: str) -> int:
     layout = reader.read_layout(path)
     print(
         f"{path}: h5record format {layout.version}, {layout.num_rows:,} rows, "

@@ -19,3 +19,15 @@ def test_info_and_verify(tmp_path, capsys):
     (tmp_path / "bad.h5").write_bytes(b"nope" * 100)
     assert main(["info", str(tmp_path / "bad.h5")]) == 1
     assert "not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_info_reports_an_unfinished_write(tmp_path, capsys):
+    path = tmp_path / "u.h5"
+    w = H5Writer(path, [String("t")], progress=False)
+    for i in range(30):
+        w.write({"t": f"row {i}"})
+    w.commit()
+    w._release(remove=False)  # as a kill leaves it
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}.partial: unfinished write (30 committed rows" in out and "resume=True" in out
