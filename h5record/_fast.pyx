@@ -99,6 +99,8 @@ cdef enum:
 cdef enum:
     SAMPLE_ROWS = 2
     COLD_BATCHES = 16
+    WARM_STREAK = 8        # warm tests in a row after which only every
+    WARM_TEST_EVERY = 4    # WARM_TEST_EVERY-th batch is tested (~1% of a warm batch)
     COLD_ROWS = 512
     ROW_CHECK_EVERY = 256
     READ_AHEAD_ROWS = 256
@@ -915,7 +917,7 @@ cdef class Decoder:
     cdef const uint8_t* map_base
     cdef int64_t map_size
     cdef Spans spans
-    cdef int cold_batches, cold_rows, row_countdown
+    cdef int cold_batches, cold_rows, row_countdown, warm_streak, warm_skip
     cdef int64_t last_row, ahead_until
 
     def __init__(self, int64_t n_rows, list fields, memory_map=None):
@@ -1103,8 +1105,9 @@ cdef class Decoder:
         A memory-mapped file is mapped with MADV_RANDOM, so a page fault reads
         one page, not megabytes around it; this call puts all of a batch's
         ranges in the device queue instead (queue depth = ranges, not 1).
-        A warm batch costs a residency test of ``SAMPLE_ROWS`` rows; once a
-        test misses, the next ``COLD_BATCHES`` batches fetch without testing.
+        A warm batch costs a residency test of ``SAMPLE_ROWS`` rows (after
+        ``WARM_STREAK`` warm tests, of every ``WARM_TEST_EVERY``-th batch only);
+        once a test misses, the next ``COLD_BATCHES`` batches fetch without testing.
         Returns whether a fetch was made.
         """
         cdef Py_ssize_t n = idx.shape[0], j
@@ -1115,11 +1118,18 @@ cdef class Decoder:
             return False
         if self.cold_batches > 0:
             self.cold_batches -= 1
+        elif self.warm_skip > 0:
+            self.warm_skip -= 1
+            return False
         else:
             for j in range(m):
                 sample[j] = idx[j * (n // m)]
             if self._resident(sample, m):
+                self.warm_streak = min(self.warm_streak + 1, WARM_STREAK)
+                if self.warm_streak == WARM_STREAK:
+                    self.warm_skip = WARM_TEST_EVERY - 1
                 return False
+            self.warm_streak = 0
             self.cold_batches = COLD_BATCHES
         self._fetch(&idx[0], n)
         return True
