@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as SequenceABC
 from typing import Any
@@ -428,8 +429,16 @@ def _legacy_create(
                 writer.write(row)
     elif os.path.exists(path):
         # 1.0.4 opens an existing file as it is (a script run again reads what
-        # it wrote): its schema must be the given one.
+        # it wrote): its schema must be the given one, and the rows not read
+        # from data_iter are said, not dropped in silence.
         check_file_schema(path, schema_obj)
+        if params.get("data_iter") is not None:
+            warnings.warn(
+                f"{path} exists: it is opened as it is and data_iter is not read; pass "
+                "append_mode=True to add its rows, or remove the file to write it again",
+                UserWarning,
+                stacklevel=3,
+            )
     else:
         data_iter = params.get("data_iter")
         if data_iter is None:

@@ -251,7 +251,8 @@ def test_h5record_1_0_4_readme_example(tmp_path, monkeypatch, capsys):
     exec(compile(README_1_0_4, "readme", "exec"), {})
     assert capsys.readouterr().out == expected
     before = os.stat("question_pair.h5")
-    exec(compile(README_1_0_4, "readme", "exec"), {})  # second run opens the file
+    with pytest.warns(UserWarning, match="append_mode=True"):
+        exec(compile(README_1_0_4, "readme", "exec"), {})  # second run opens the file
     assert capsys.readouterr().out == expected
     after = os.stat("question_pair.h5")
     assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
@@ -267,7 +268,8 @@ def test_1_0_4_form_does_not_consume_the_iterator_when_the_file_exists(tmp_path)
         raise AssertionError("the existing file must be opened, not rewritten")
         yield  # pragma: no cover
 
-    ds = H5Dataset(schema, path, must_not_run())
+    with pytest.warns(UserWarning, match="data_iter is not read"):
+        ds = H5Dataset(schema, path, must_not_run())
     assert [r["x"] for r in ds] == [1, 2]
 
 
