@@ -68,6 +68,15 @@ class H5Dataset:
     (1, {'text': 'a cat', 'label': 0.5})
     """
 
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # A folder, a list of files or a glob is a sharded dataset (FORMAT.md section 7).
+        if cls is H5Dataset and path is not None:
+            from . import shards
+
+            if shards.is_sharded(path):
+                return shards.ShardedDataset(path, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         path: Any,
@@ -217,6 +226,17 @@ class H5Dataset:
 
     def __getitems__(self, indices: Iterable[int]) -> Any:
         """Fetch many rows at once (PyTorch calls this for each batch)."""
+        batch = Batch(self, self.checked_rows(indices))
+        if self.transform is None:
+            return batch
+        return TransformedRows([self.transform(row) for row in batch], self.schema)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i in range(len(self)):
+            yield self[i]
+
+    def checked_rows(self, indices: Iterable[int]) -> np.ndarray:
+        """Row indices as a checked int64 array, their byte ranges asked of the disk."""
         decoder = self._open()
         idx = decoder.rows_index(
             indices
@@ -226,14 +246,7 @@ class H5Dataset:
         # Every byte range of the batch is requested from the disk before any
         # decoding, when the file is not in the page cache (no-op when warm).
         decoder.prefetch(idx)
-        batch = Batch(self, idx)
-        if self.transform is None:
-            return batch
-        return TransformedRows([self.transform(row) for row in batch], self.schema)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for i in range(len(self)):
-            yield self[i]
+        return idx
 
     def _mixed_row(self, i: int) -> dict[str, Any]:
         decoder = self._open()

@@ -1,0 +1,440 @@
+"""Sharded datasets: several h5record files read as one (docs/FORMAT.md, section 7).
+
+A sharded dataset is a folder holding the shards and ``manifest.json``
+(written last), a list of files, or a glob pattern. :class:`ShardedDataset`
+composes one :class:`~h5record.H5Dataset` per shard and maps global row
+``i`` to ``(shard, local row)`` over the cumulative row counts; a batch
+that spans shards is decoded with one call per shard and reassembled in
+the batch's order. ``H5Dataset(folder | list | glob)`` returns one.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import tempfile
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from ._fast import Decoder
+from .commit import fsync_dir
+from .dataset import Batch, H5Dataset, TransformedRows
+from .errors import FormatError, SchemaError
+from .fields import Field, Kind, Schema
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_KEY = "h5record_manifest"
+MANIFEST_VERSION = 1
+_GLOB_CHARS = frozenset("*?[")
+
+
+# -- naming a sharded dataset ------------------------------------------------
+def is_sharded(source: Any) -> bool:
+    """Whether ``source`` names several files: a folder, a list of paths, or a glob."""
+    if isinstance(source, (list, tuple)):
+        return bool(source) and all(isinstance(p, (str, os.PathLike)) for p in source)
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return True
+    return not os.path.exists(path) and bool(_GLOB_CHARS.intersection(str(path)))
+
+
+def resolve(source: Any) -> tuple[list[str], dict[str, Any] | None]:
+    """The shard paths of ``source`` in reading order, and its manifest if any."""
+    if isinstance(source, (list, tuple)):
+        return [os.fspath(p) for p in source], None
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        manifest = read_manifest(path)
+        return [os.path.join(path, s["file"]) for s in manifest["shards"]], manifest
+    paths = sorted(glob.glob(path))
+    if not paths:
+        raise FileNotFoundError(errno.ENOENT, f"no file matches the pattern {path!r}", path)
+    return paths, None
+
+
+def read_manifest(folder: str) -> dict[str, Any]:
+    """Read and check ``folder/manifest.json``."""
+    where = os.path.join(folder, MANIFEST_NAME)
+    try:
+        with open(where, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"{folder} has no {MANIFEST_NAME}, so it is not a complete sharded dataset (its "
+            "write may be unfinished: run it again to resume); to read its files anyway, "
+            f"pass a glob such as {os.path.join(folder, '*.h5')!r}",
+            where,
+        ) from None
+    except ValueError as exc:
+        raise FormatError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or MANIFEST_KEY not in manifest:
+        raise FormatError(f"{where}: not an h5record manifest (no {MANIFEST_KEY!r} key)")
+    version = manifest[MANIFEST_KEY]
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise FormatError(
+            f"{where}: manifest version {version!r}, but this h5record reads versions up to "
+            f"{MANIFEST_VERSION}; upgrade h5record"
+        )
+    try:
+        shards = manifest["shards"]
+        Schema.from_json(json.dumps(manifest["schema"]))
+        total = sum(int(s["num_rows"]) for s in shards)
+        names = [s["file"] for s in shards]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: malformed manifest ({exc!r})") from exc
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise FormatError(f"{where}: shard file {name!r} is not a name inside the folder")
+    if total != manifest.get("num_rows", total):
+        raise FormatError(
+            f"{where}: num_rows is {manifest['num_rows']} but the shards hold {total} rows"
+        )
+    return manifest
+
+
+def schema_entry(schema: Schema) -> dict[str, Any]:
+    """A schema as the manifest stores it: without codec parameters."""
+    return {"fields": [field_shape(f) for f in schema]}
+
+
+def field_shape(field: Field) -> dict[str, Any]:
+    entry = field.to_json()
+    entry.pop("codec", None)
+    return entry
+
+
+def shard_entry(path: str, num_rows: int) -> dict[str, Any]:
+    return {
+        "file": os.path.basename(path),
+        "num_rows": int(num_rows),
+        "bytes": os.path.getsize(path),
+        "xxh3": None,
+    }
+
+
+def write_manifest(folder: str, schema: Schema, shards: Sequence[dict[str, Any]]) -> str:
+    """Write ``folder/manifest.json`` atomically: a temporary file, fsync, rename, fsync."""
+    manifest = {
+        MANIFEST_KEY: MANIFEST_VERSION,
+        "schema": schema_entry(schema),
+        "num_rows": sum(int(s["num_rows"]) for s in shards),
+        "shards": list(shards),
+    }
+    path = os.path.join(folder, MANIFEST_NAME)
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_schemas(paths: Sequence[str], schemas: Sequence[Schema]) -> None:
+    """Raise SchemaError naming the first field in which a shard differs from the first."""
+    first = [field_shape(f) for f in schemas[0]]
+    for path, schema in zip(paths[1:], schemas[1:], strict=True):
+        have = [field_shape(f) for f in schema]
+        if have == first:
+            continue
+        names0, names = [e["name"] for e in first], [e["name"] for e in have]
+        if names0 != names:
+            raise SchemaError(
+                f"{path}: its fields {names} differ from those of {paths[0]}: {names0}; "
+                "every shard needs the same schema"
+            )
+        for a, b in zip(first, have, strict=True):
+            if a != b:
+                raise SchemaError(
+                    f"{path}: field {a['name']!r} is {b}, but {a} in {paths[0]}; "
+                    "every shard needs the same schema"
+                )
+
+
+# -- reading -------------------------------------------------------------------
+class ShardedDataset:
+    """Several h5record files read as one map-style dataset.
+
+    Made by :class:`~h5record.H5Dataset` when given a folder with a
+    ``manifest.json``, a list of files, or a glob pattern (files sorted by
+    name). It has the API of ``H5Dataset``: ``len``, ``ds[i]``, batches
+    (``ds[list]``, slices, ``__getitems__``) as :class:`~h5record.Batch`,
+    ``column``, ``padded``, ``in_memory``, ``transform``; it pickles as
+    its shards' paths and options.
+
+    Shards must share their schema (names, types, dtypes and shapes); each
+    may compress its fields differently.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        in_memory: bool | str | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        cache_limit: int | None = None,
+        cache_compressed: bool = False,
+    ) -> None:
+        self.paths, manifest = resolve(source)
+        self.path = os.fspath(source) if not isinstance(source, (list, tuple)) else self.paths
+        self.transform = transform
+        self.shards: list[H5Dataset] = []
+        try:
+            for p in self.paths:
+                self.shards.append(
+                    H5Dataset(
+                        p,
+                        in_memory=in_memory,
+                        cache_limit=cache_limit,
+                        cache_compressed=cache_compressed,
+                    )
+                )
+            if manifest is not None:
+                self._check_manifest(manifest)
+            check_schemas(self.paths, [s.schema for s in self.shards])
+        except BaseException:
+            self.close()
+            raise
+        self.in_memory = self.shards[0].in_memory
+        counts = np.array([len(s) for s in self.shards], np.int64)
+        self._starts = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=self._starts[1:])
+        self._start_list = self._starts.tolist()
+        self._n = self._start_list[-1]
+        # The split of the last batch by shard: Batch asks each column with the same array.
+        self._last_split: tuple[Any, list[Any]] = (None, [])
+        self._kinds = {f.name: int(f.kind) for f in self.schema}
+
+    def _check_manifest(self, manifest: dict[str, Any]) -> None:
+        folder = os.fspath(self.path)
+        where = os.path.join(folder, MANIFEST_NAME)
+        stated = Schema.from_json(json.dumps(manifest["schema"]))
+        check_schemas([where, *self.paths[:1]], [stated, self.shards[0].schema])
+        for entry, ds, p in zip(manifest["shards"], self.shards, self.paths, strict=True):
+            if int(entry["num_rows"]) != len(ds):
+                raise FormatError(
+                    f"{p}: holds {len(ds)} rows, but {where} says {entry['num_rows']}; "
+                    "the shard was changed after the manifest was written"
+                )
+            size = entry.get("bytes")
+            if size is not None and int(size) != os.path.getsize(p):
+                raise FormatError(
+                    f"{p}: is {os.path.getsize(p)} bytes, but {where} says {size}; "
+                    "the shard was changed after the manifest was written"
+                )
+
+    # -- the dataset API ---------------------------------------------------
+    @property
+    def schema(self) -> Schema:
+        return self.shards[0].schema
+
+    @property
+    def names(self) -> list[str]:
+        return self.shards[0].names
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The first global row of each shard, and the total row count last."""
+        return self._starts
+
+    def kind(self, name: str) -> int:
+        return self._kinds[name]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """``(shard, local row)`` of global row ``i`` (negative counts from the end)."""
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"row index out of range for a dataset of {n} rows")
+        s = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return s, i - int(self._starts[s])
+
+    def __getitem__(self, index: Any) -> Any:
+        if type(index) is int and 0 <= index < self._n:
+            # The hot path of map-style loading: a bisection, then the shard's own.
+            s = bisect_right(self._start_list, index) - 1
+            row = self.shards[s][index - self._start_list[s]]
+            return row if self.transform is None else self.transform(row)
+        if isinstance(index, (int, np.integer)):
+            s, local = self.locate(int(index))
+            row = self.shards[s][local]
+            return row if self.transform is None else self.transform(row)
+        if isinstance(index, slice):
+            return self.__getitems__(range(*index.indices(len(self))))
+        if isinstance(index, (Sequence, np.ndarray, range)) and not isinstance(index, str):
+            return self.__getitems__(index)
+        raise TypeError(
+            f"H5Dataset indices must be int, slice, list or int array, not {type(index).__name__}"
+        )
+
+    def rows_index(self, indices: Iterable[int]) -> np.ndarray:
+        """Global row indices as a checked int64 array (negatives wrap)."""
+        # A decoder without fields checks indices against the whole row count.
+        return Decoder(self._n, []).rows_index(indices)
+
+    def __getitems__(self, indices: Iterable[int]) -> Any:
+        """Fetch many rows at once (PyTorch calls this for each batch)."""
+        idx = self.rows_index(indices)
+        # Each shard checks its rows and asks the disk for their byte ranges
+        # (its cold-read stage) before anything is decoded.
+        for s, local in self._split(idx).parts:
+            self.shards[s].checked_rows(local)
+        batch = Batch(self, idx)  # type: ignore[arg-type]
+        if self.transform is None:
+            return batch
+        return TransformedRows([self.transform(row) for row in batch], self.schema)
+
+    def _split(self, idx: np.ndarray) -> _Split:
+        # Batch asks for every column with the same array: split it once.
+        last, split = self._last_split
+        if last is not idx:
+            split = _Split(idx, self._starts)
+            self._last_split = (idx, split)
+        return split
+
+    def column(self, name: str, idx: np.ndarray) -> Any:
+        """Decode one field of checked global rows ``idx``, in their order."""
+        split = self._split(np.asarray(idx, np.int64))
+        cols = [self.shards[s].column(name, local) for s, local in split.parts]
+        if split.inverse is None:
+            if cols:
+                return cols[0]
+            return self.shards[0].column(name, np.empty(0, np.int64))
+        kind = self._kinds[name]
+        if kind in (Kind.STRING, Kind.BYTES):
+            joined = list(chain.from_iterable(cols))
+            return list(itemgetter(*split.inverse_list)(joined)) if len(joined) > 1 else joined
+        if kind != Kind.VARIABLE:
+            return np.concatenate(cols)[split.inverse]
+        return _reorder_ragged(cols, split.inverse)
+
+    def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Gather a variable-length field of rows ``idx`` into a padded array."""
+        split = self._split(np.asarray(idx, np.int64))
+        done = [self.shards[s].padded(name, local, pad) for s, local in split.parts]
+        if split.inverse is None:
+            return done[0] if done else self.shards[0].padded(name, np.empty(0, np.int64), pad)
+        field = self.schema[name]
+        width = max(p.shape[1] for p, _ in done)
+        out = np.empty((len(split.inverse), width, *field.element_shape), field.dtype)
+        row = 0
+        for p, _ in done:
+            out[row : row + len(p), : p.shape[1]] = p
+            out[row : row + len(p), p.shape[1] :] = np.frombuffer(pad, field.dtype).reshape(
+                field.element_shape
+            )
+            row += len(p)
+        return out[split.inverse], np.concatenate([n for _, n in done])[split.inverse]
+
+    def __iter__(self) -> Iterator[Any]:
+        for shard in self.shards:
+            for row in shard:
+                yield row if self.transform is None else self.transform(row)
+
+    @property
+    def caches(self) -> list[Any]:
+        """The shared-memory cache of each shard (None where there is none)."""
+        return [s.cache for s in self.shards]
+
+    def close(self) -> None:
+        """Close every shard."""
+        for shard in self.shards:
+            shard.close()
+        self.in_memory = False
+
+    def __enter__(self) -> ShardedDataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"H5Dataset({self.path!r}, shards={len(self.shards)}, rows={len(self)}, "
+            f"fields={self.names}, in_memory={self.in_memory!r})"
+        )
+
+
+class _Split:
+    """Global rows grouped by shard.
+
+    ``parts`` holds ``(shard, local rows)`` in shard order; decoded parts
+    joined in that order and indexed by ``inverse`` give the rows in the
+    order asked (``inverse`` is None when one shard holds them all).
+    """
+
+    __slots__ = ("_inverse_list", "inverse", "parts")
+
+    def __init__(self, idx: np.ndarray, starts: np.ndarray) -> None:
+        self.inverse: np.ndarray | None = None
+        self._inverse_list: list[int] | None = None
+        if not idx.size:
+            self.parts: list[tuple[int, np.ndarray]] = []
+            return
+        shard_of = np.searchsorted(starts, idx, side="right") - 1
+        first, last = int(shard_of.min()), int(shard_of.max())
+        if first == last:
+            self.parts = [(first, idx - starts[first])]
+            return
+        order = np.argsort(shard_of, kind="stable")
+        local = idx[order] - starts[shard_of[order]]
+        ends = np.cumsum(np.bincount(shard_of - first)).tolist()
+        self.parts = []
+        begin = 0
+        for s, end in enumerate(ends, first):
+            if end > begin:
+                self.parts.append((s, local[begin:end]))
+            begin = end
+        self.inverse = np.empty(len(idx), np.int64)
+        self.inverse[order] = np.arange(len(idx))
+
+    @property
+    def inverse_list(self) -> list[int]:
+        if self._inverse_list is None:
+            assert self.inverse is not None
+            self._inverse_list = self.inverse.tolist()
+        return self._inverse_list
+
+
+def _reorder_ragged(
+    cols: list[tuple[np.ndarray, np.ndarray]], inverse: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join ``(flat, offsets)`` columns, then put their rows in the order ``inverse`` gives."""
+    lengths = np.concatenate([np.diff(offsets) for _, offsets in cols])
+    flat = np.concatenate([part[int(offsets[0]) : int(offsets[-1])] for part, offsets in cols])
+    starts = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    lengths = lengths[inverse]
+    out_offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out_offsets[1:])
+    # Element e of output row r comes from starts[inverse[r]] + (e - out_offsets[r]).
+    shift = np.repeat(starts[inverse] - out_offsets[:-1], lengths)
+    return flat[np.arange(int(out_offsets[-1]), dtype=np.int64) + shift], out_offsets
