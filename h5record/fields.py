@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import codecs
+from .columns import ARRAY, TEXT, Ragged
 from .errors import RowError, RowTypeError, SchemaError
 
 _NUMBER_KINDS = "biuf"
@@ -255,6 +256,8 @@ class Field:
         The values returned may share memory with ``values``.
         """
         if self.variable:
+            if isinstance(values, Ragged) and self.element_shape == ():
+                return self._ragged_column(values, first_row)
             if isinstance(self, (String, Bytes)):
                 from ._fast import join_text
 
@@ -279,6 +282,35 @@ class Field:
         # Values of several shapes or Python types: each row says what is wrong with it.
         parts = [self.convert(v, first_row + i, copy=False) for i, v in enumerate(values)]
         return np.asarray(parts, dtype=self.dtype).reshape((len(parts), *shape)), None
+
+    def _ragged_column(self, col: Ragged, first_row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Check a column already joined (Arrow's layout): no Python object per row."""
+        text = isinstance(self, String)
+        if text or isinstance(self, Bytes):
+            # Bytes refuses text, as convert() refuses str; String checks bytes.
+            ok = col.values.dtype == np.uint8 and col.kind != (ARRAY if text else TEXT)
+            if ok and text:
+                bad = _bad_utf8_row(col)
+                if bad >= 0:
+                    raise RowError(
+                        f"{_where(self.name, first_row + bad)}: bytes are not valid UTF-8"
+                    )
+        else:
+            ok = col.kind == ARRAY and col.values.dtype.kind in self._column_kinds()
+            if ok:
+                flat, bad = self._cast_column(col.values)
+                if flat is not None:
+                    return flat, col.lengths
+                row = int(np.searchsorted(col.offsets, bad, "right")) - 1
+                self.convert(col[row], first_row + row)  # raises the precise error
+        if not ok:
+            if len(col):
+                self.convert(col[0], first_row)  # raises the error of a wrong type
+            raise RowTypeError(
+                f"{_where(self.name, first_row)}: a {col.kind} column of {col.values.dtype} "
+                f"does not fit a {self.type_name} field"
+            )
+        return col.values, col.lengths
 
     def _column_kinds(self) -> str:
         """Array kinds that :meth:`convert` accepts for every value of a fixed field."""
@@ -306,6 +338,19 @@ def _column_array(values: Any) -> np.ndarray | None:
         return np.asarray(values)
     except (ValueError, TypeError):
         return None
+
+
+def _bad_utf8_row(col: Ragged) -> int:
+    """The first row of a text column that is not valid UTF-8 on its own, or -1."""
+    flat = col.values
+    try:
+        flat.tobytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return int(np.searchsorted(col.offsets, exc.start, "right")) - 1
+    # The whole is valid: a row is too unless it starts inside a character.
+    rows = np.flatnonzero(col.lengths)
+    split = (flat[col.offsets[rows]] & 0xC0) == 0x80
+    return int(rows[np.argmax(split)]) if split.any() else -1
 
 
 def _first_row(mask: np.ndarray) -> int:

@@ -1,0 +1,166 @@
+"""Columnar input: DataFrames, Arrow tables and numpy records for write_batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from h5record import Bytes, H5Dataset, H5Writer, Integer, RowError, Sequence, String
+from h5record.columns import Ragged, to_columns
+
+pa = pytest.importorskip("pyarrow")
+
+
+def _rows(rng: np.random.Generator, n: int) -> dict[str, list]:
+    words = ["a", "bé", "ç∂", "", "longer words here", "日本"]
+    return {
+        "text": [" ".join(rng.choice(words, rng.integers(0, 4))) for _ in range(n)],
+        "blob": [rng.bytes(int(rng.integers(0, 9))) for _ in range(n)],
+        "tokens": [rng.integers(-50, 50, rng.integers(0, 6)).astype(np.int32) for _ in range(n)],
+        "label": rng.integers(0, 10, n).tolist(),
+    }
+
+
+SCHEMA = [String("text"), Bytes("blob"), Sequence("tokens", dtype="int32"), Integer("label")]
+
+
+def test_ragged_column_equals_the_general_path():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cols = _rows(rng, int(rng.integers(0, 40)))
+        table = pa.table(
+            {
+                "text": pa.array(cols["text"], pa.large_string()),
+                "blob": pa.array(cols["blob"], pa.binary()),
+                "tokens": pa.array(cols["tokens"], pa.list_(pa.int32())),
+                "label": pa.array(cols["label"], pa.int64()),
+            }
+        )
+        start = int(rng.integers(0, max(1, table.num_rows)))
+        fast = to_columns(table.slice(start), first_row=start)
+        assert isinstance(fast["text"], Ragged) and isinstance(fast["tokens"], Ragged)
+        for field in SCHEMA:
+            got = field.convert_column(fast[field.name], start)
+            want = field.convert_column(cols[field.name][start:], start)
+            np.testing.assert_array_equal(got[0], want[0])
+            if want[1] is not None:
+                np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_arrow_buffers_are_shared_not_copied():
+    arr = pa.array(["abc", "de", "f"] * 10)
+    col = to_columns(pa.table({"t": arr}))["t"]
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    assert np.shares_memory(col.values, data)
+    nums = pa.array(np.arange(10, dtype=np.int32))
+    assert np.shares_memory(
+        to_columns(pa.table({"n": nums}))["n"], np.frombuffer(nums.buffers()[1], np.int32)
+    )
+
+
+def test_arrow_types_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 300
+    emb = rng.random((n, 2, 3), dtype=np.float32)
+    tensor_type = pa.fixed_shape_tensor(pa.float32(), (2, 3))
+    table = pa.table(
+        {
+            "cat": pa.array(rng.choice(["x", "y", "z"], n)).dictionary_encode(),
+            "view": pa.array([f"v{i}" for i in range(n)], pa.string_view()),
+            "fixed": pa.array([emb[i].ravel() for i in range(n)], pa.list_(pa.float32(), 6)),
+            "tensor": pa.ExtensionArray.from_storage(
+                tensor_type, pa.array([emb[i].ravel() for i in range(n)], pa.list_(pa.float32(), 6))
+            ),
+            "flag": pa.array(rng.random(n) < 0.5),
+            "image": pa.array(
+                [{"bytes": bytes([i % 256]) * 4, "path": f"{i}.png"} for i in range(n)]
+            ),
+        }
+    )
+    from h5record import infer_schema
+
+    schema = infer_schema(table)
+    path = tmp_path / "t.h5"
+    with H5Writer(path, schema, progress=False) as w:
+        for batch in table.to_batches(max_chunksize=64):
+            w.write_batch(to_columns(batch, w.num_rows))
+    ds = H5Dataset(path)
+    expected = table.to_pylist()
+    for i in (0, 7, n - 1):
+        row = ds[i]
+        assert row["cat"] == expected[i]["cat"] and row["view"] == f"v{i}"
+        np.testing.assert_array_equal(row["fixed"], emb[i].ravel())
+        np.testing.assert_array_equal(row["tensor"], emb[i])
+        assert row["flag"] == int(expected[i]["flag"])
+        assert row["image"] == bytes([i % 256]) * 4
+
+
+def test_chunked_columns_join():
+    chunked = pa.chunked_array([["a", "bb"], [], ["ccc"]])
+    col = to_columns(pa.table({"t": chunked}))["t"]
+    assert list(col) == ["a", "bb", "ccc"]
+    lists = pa.chunked_array([[[1], [2, 3]], [[4, 5, 6]]], pa.list_(pa.int16()))
+    assert [v.tolist() for v in to_columns({"s": lists})["s"]] == [[1], [2, 3], [4, 5, 6]]
+
+
+def test_nulls_name_the_column_and_row():
+    table = pa.table({"t": ["a", "b", None]})
+    with pytest.raises(RowError, match=r"field 't', row 12: null value.*fill"):
+        to_columns(table, first_row=10)
+    with pytest.raises(RowError, match=r"field 'n', row 1: null"):
+        to_columns({"n": pa.array([1, None])})
+
+
+def test_unsupported_arrow_type_is_named():
+    with pytest.raises(TypeError, match=r"field 'when': Arrow type timestamp"):
+        to_columns(pa.table({"when": pa.array([0], pa.timestamp("s"))}))
+
+
+def test_string_field_checks_utf8_per_row():
+    flat = np.frombuffer("aé".encode(), np.uint8)  # b"a\xc3\xa9", split inside é
+    split = Ragged(flat, np.array([0, 2, 3]), "bytes")
+    with pytest.raises(RowError, match=r"field 't', row 5: bytes are not valid UTF-8"):
+        String("t").convert_column(split, 4)
+    bad = Ragged(np.frombuffer(b"ok\xff", np.uint8), np.array([0, 2, 3]), "bytes")
+    with pytest.raises(RowError, match=r"row 1: bytes are not valid UTF-8"):
+        String("t").convert_column(bad, 0)
+    with pytest.raises(TypeError, match=r"field 'b', row 0: expected bytes"):
+        Bytes("b").convert_column(Ragged(flat, np.array([0, 3]), "text"), 0)
+
+
+def test_sequence_out_of_range_names_the_row():
+    col = Ragged(np.array([1, 2, 300, 4]), np.array([0, 1, 2, 2, 4]))
+    with pytest.raises(RowError, match=r"field 's', row 3: value 300 is out of range for int8"):
+        Sequence("s", dtype="int8").convert_column(col, 0)
+
+
+def test_pandas_frames(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(2)
+    cols = _rows(rng, 200)
+    df = pd.DataFrame(cols)
+    path = tmp_path / "p.h5"
+    with H5Writer(path, SCHEMA, progress=False) as w:
+        w.write_batch(to_columns(df))
+    ds = H5Dataset(path)
+    assert [ds[i]["text"] for i in range(200)] == cols["text"]
+    np.testing.assert_array_equal(ds[199]["tokens"], cols["tokens"][199])
+    with pytest.raises(RowError, match=r"field 'n', row 2: null"):
+        to_columns(pd.DataFrame({"n": pd.array([1, 2, None], dtype="Int64")}))
+    with pytest.raises(RowError, match=r"field 't', row 1: null"):
+        to_columns(pd.DataFrame({"t": pd.Series(["a", None], dtype=object)}))
+    cat = to_columns(pd.DataFrame({"c": pd.Categorical(["x", "y", "x"])}))["c"]
+    assert list(cat) == ["x", "y", "x"]
+    floats = to_columns(pd.DataFrame({"f": [1.0, np.nan]}))["f"]  # NaN is a float value
+    assert np.isnan(floats[1])
+
+
+def test_numpy_structured_arrays():
+    rec = np.zeros(4, dtype=[("x", "<f4"), ("v", "<i2", (3,))])
+    rec["v"] = np.arange(12).reshape(4, 3)
+    cols = to_columns(rec)
+    np.testing.assert_array_equal(cols["v"][2], [6, 7, 8])
+    with pytest.raises(TypeError, match="structured numpy array"):
+        to_columns(np.zeros(3))
+    with pytest.raises(TypeError, match="got int"):
+        to_columns(3)
