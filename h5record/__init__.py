@@ -28,6 +28,7 @@ from .fields import (
     Sequence,
     String,
 )
+from .infer import infer_schema
 from .writer import H5Writer
 
 
@@ -65,4 +66,5 @@ __all__ = [
     "String",
     "__version__",
     "collate",
+    "infer_schema",
 ]
