@@ -75,10 +75,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the schema and size of a file").add_argument("file")
     sub.add_parser("verify", help="decode every row of a file").add_argument("file")
+    merge = sub.add_parser("merge", help="concatenate shards into one file")
+    merge.add_argument("out", help="the file to write")
+    merge.add_argument("shards", nargs="+", help="shard files, or one folder or glob")
+    merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
             return _info(args.file)
+        if args.command == "merge":
+            from .merge import main as merge_main
+
+            return merge_main(args.out, args.shards, overwrite=args.overwrite)
         return _verify(args.file)
     except (H5RecordError, OSError) as exc:
         print(f"h5record: {exc}", file=sys.stderr)
