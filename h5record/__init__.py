@@ -29,6 +29,10 @@ from .fields import (
     String,
 )
 from .infer import infer_schema
+from .merge import merge
+from .parallel import ShardWriteError, write_shards
+from .sampler import ResumableSampler
+from .shards import ShardedDataset
 from .writer import H5Writer
 
 
@@ -58,13 +62,18 @@ __all__ = [
     "Image",
     "ImageSequence",
     "Integer",
+    "ResumableSampler",
     "RowError",
     "RowTypeError",
     "Schema",
     "SchemaError",
     "Sequence",
+    "ShardWriteError",
+    "ShardedDataset",
     "String",
     "__version__",
     "collate",
     "infer_schema",
+    "merge",
+    "write_shards",
 ]
