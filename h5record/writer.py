@@ -681,6 +681,9 @@ class H5Writer:
         any of it is written.
         """
         self._check_open()
+        from .columns import to_columns  # DataFrames, Arrow tables and columns, numpy records
+
+        columns = to_columns(columns, self.num_rows)
         if not isinstance(columns, Mapping):
             raise RowError(f"write_batch expects a dict of columns, got {type(columns).__name__}")
         if set(columns) != self._name_set:
