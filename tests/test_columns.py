@@ -164,3 +164,16 @@ def test_numpy_structured_arrays():
         to_columns(np.zeros(3))
     with pytest.raises(TypeError, match="got int"):
         to_columns(3)
+
+
+def test_write_batch_takes_tables_directly(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "w.h5"
+    with H5Writer(path, [String("t"), Integer("n")], progress=False) as w:
+        w.write_batch(pd.DataFrame({"t": ["a", "b"], "n": [1, 2]}))
+        w.write_batch(pa.table({"t": ["c"], "n": [3]}))
+        w.write_batch({"t": pa.array(["d"]), "n": pa.array([4])})
+        w.write_batch(np.array([("e", 5)], dtype=[("t", object), ("n", "<i8")]))
+        with pytest.raises(RowError, match=r"field 't', row 6: null"):
+            w.write_batch(pa.table({"t": ["f", None], "n": [6, 7]}))
+    assert [r["t"] for r in H5Dataset(path)[:]] == ["a", "b", "c", "d", "e"]

@@ -15,6 +15,8 @@ lines and CSV, ``'h5record[hf]'`` for Hugging Face datasets.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
@@ -66,6 +68,7 @@ def write_tables(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool | None = None,
+    prefetch: bool = True,
 ) -> int:
     """Write tables (anything :func:`~h5record.columns.to_columns` takes) to one file.
 
@@ -90,6 +93,9 @@ def write_tables(
     resume:
         Continue an interrupted conversion (``<out>.partial``): the rows it
         holds are skipped in the source.
+    prefetch:
+        Read the next table in a thread while this one is written (Arrow
+        and h5py read without holding the GIL).
 
     Returns
     -------
@@ -116,6 +122,8 @@ def write_tables(
         total=total,
     )
     skip = writer.num_rows
+    if prefetch:
+        tables = prefetched(tables)
     with writer:  # an interruption commits, keeping <out>.partial for resume=True
         try:
             for table in chain(first, tables):
@@ -136,6 +144,45 @@ def write_tables(
                 writer.abort()  # the source is at fault: no file is left behind
             raise
     return writer.num_rows
+
+
+def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """The items of ``items``, read ahead by a thread; its errors are raised here."""
+    done = object()
+    q: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # raised in the consumer
+            put((done, exc))
+
+    thread = threading.Thread(target=read, name="h5record-convert-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _skip(table: Any, rows: int) -> tuple[Any, int]:
