@@ -54,9 +54,11 @@ def merge(
     -------
     The number of rows written.
     """
-    ds = H5Dataset(shards)
-    if not isinstance(ds, ShardedDataset):  # one file: copied as it is
-        ds.close()
+    opened = H5Dataset(shards)
+    if isinstance(opened, ShardedDataset):
+        ds = opened
+    else:  # one file: copied as it is
+        opened.close()
         ds = ShardedDataset([os.fspath(shards)])
     with ds:
         schema = ds.schema if compression is not None else _keep_codecs(ds.schema)

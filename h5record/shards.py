@@ -200,7 +200,9 @@ class ShardedDataset:
         cache_compressed: bool = False,
     ) -> None:
         self.paths, manifest = resolve(source)
-        self.path = os.fspath(source) if not isinstance(source, (list, tuple)) else self.paths
+        self.path: str | list[str] = (
+            self.paths if isinstance(source, (list, tuple)) else os.fspath(source)
+        )
         self.transform = transform
         self.shards: list[H5Dataset] = []
         try:
@@ -226,12 +228,12 @@ class ShardedDataset:
         self._start_list = self._starts.tolist()
         self._n = self._start_list[-1]
         # The split of the last batch by shard: Batch asks each column with the same array.
-        self._last_split: tuple[Any, list[Any]] = (None, [])
+        self._last_split: tuple[Any, Any] = (None, None)
         self._kinds = {f.name: int(f.kind) for f in self.schema}
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
-        folder = os.fspath(self.path)
-        where = os.path.join(folder, MANIFEST_NAME)
+        assert isinstance(self.path, str)
+        where = os.path.join(self.path, MANIFEST_NAME)
         stated = Schema.from_json(json.dumps(manifest["schema"]))
         check_schemas([where, *self.paths[:1]], [stated, self.shards[0].schema])
         for entry, ds, p in zip(manifest["shards"], self.shards, self.paths, strict=True):
