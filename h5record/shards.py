@@ -188,7 +188,8 @@ class ShardedDataset:
     its shards' paths and options.
 
     Shards must share their schema (names, types, dtypes and shapes); each
-    may compress its fields differently.
+    may compress its fields differently. Other keyword options are given to
+    the ``H5Dataset`` of every shard.
     """
 
     def __init__(
@@ -198,6 +199,7 @@ class ShardedDataset:
         transform: Callable[[dict[str, Any]], Any] | None = None,
         cache_limit: int | None = None,
         cache_compressed: bool = False,
+        **options: Any,
     ) -> None:
         self.paths, manifest = resolve(source)
         self.path: str | list[str] = (
@@ -213,6 +215,7 @@ class ShardedDataset:
                         in_memory=in_memory,
                         cache_limit=cache_limit,
                         cache_compressed=cache_compressed,
+                        **options,
                     )
                 )
             if manifest is not None:
