@@ -72,13 +72,14 @@ def infer_schema(data: Any, overrides: Mapping[str, Field | None] | None = None)
     out = []
     for name, field in fields.items():
         if name in overrides:
-            field = overrides[name]
-            if field is None:
+            chosen = overrides[name]
+            if chosen is None:
                 continue
-            if not isinstance(field, Field):
+            if not isinstance(chosen, Field):
                 raise SchemaError(
-                    f"override of {name!r} must be an h5record field or None, got {field!r}"
+                    f"override of {name!r} must be an h5record field or None, got {chosen!r}"
                 )
+            field = chosen
         out.append(field)
     return Schema(out)
 

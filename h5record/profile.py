@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -145,11 +146,13 @@ def profile(
 
     def singles(warm: bool, **opts: Any) -> float | None:
         with H5Dataset(path, **opts) as d:
-            return _timed([lambda i=int(i): _row(d, i) for i in rows], plan.seconds, warm)
+            steps: list[Callable[[], int]] = [partial(_row, d, int(i)) for i in rows]
+            return _timed(steps, plan.seconds, warm)
 
     def batched(warm: bool, **opts: Any) -> float | None:
         with H5Dataset(path, **opts) as d:
-            return _timed([lambda b=b: _batch(d, b) for b in batches], plan.seconds, warm)
+            steps: list[Callable[[], int]] = [partial(_batch, d, b) for b in batches]
+            return _timed(steps, plan.seconds, warm)
 
     # Cold first: each warm run then reads the rows its cold run brought in.
     for mode in modes:
@@ -166,7 +169,7 @@ def profile(
                 run(
                     f"DataLoader, {workers} workers",
                     mode,
-                    lambda warm, w=workers: _loader_rate(path, loader_rows, w, plan.seconds),
+                    partial(_loader_rate, path, loader_rows, workers, plan.seconds),
                 )
     if report.fits_in_ram:
         say("in_memory=True")
@@ -199,7 +202,9 @@ def _batch(ds: Any, rows: np.ndarray) -> int:
     return len(rows)
 
 
-def _loader_rate(path: str, rows: np.ndarray, workers: int, seconds: float) -> float | None:
+def _loader_rate(
+    path: str, rows: np.ndarray, workers: int, seconds: float, warm: bool = True
+) -> float | None:
     from . import DataLoader
     from .dataset import H5Dataset
 

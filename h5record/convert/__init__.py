@@ -216,12 +216,13 @@ def detect_format(paths: list[str]) -> str:
         paths = source_files(folder)
         if not paths:
             raise ValueError(f"{folder}: no file of a known format ({', '.join(SUFFIXES)})")
-    found = {_format_of(p) for p in paths}
-    if None in found:
-        bad = next(p for p in paths if _format_of(p) is None)
+    formats = [_format_of(p) for p in paths]
+    if None in formats:
+        bad = paths[formats.index(None)]
         raise ValueError(
             f"{bad}: unknown source format; name it with --format ({', '.join(FORMATS)})"
         )
+    found = {f for f in formats if f is not None}
     if len(found) > 1:
         raise ValueError(f"the sources mix formats {sorted(found)}; convert them one at a time")
     return found.pop()
@@ -250,11 +251,12 @@ def source_files(folder: str, fmt: str | None = None) -> list[str]:
 
 def expand(paths: Iterable[str | os.PathLike[str]], fmt: str) -> list[str]:
     """Files and folders given as sources, folders replaced by their files of ``fmt``."""
+    given = [os.fspath(p) for p in paths]
     out: list[str] = []
-    for p in map(os.fspath, paths):
+    for p in given:
         out.extend(source_files(p, fmt) if os.path.isdir(p) else [p])
     if not out:
-        raise FileNotFoundError(f"no {fmt} file in {list(map(os.fspath, paths))}")
+        raise FileNotFoundError(f"no {fmt} file in {given}")
     return out
 
 

@@ -50,7 +50,8 @@ def samples(shards: list[str]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
     """(shard, key, {extension: bytes}) of each sample of the shards, in order."""
     for shard in shards:
         with tarfile.open(shard, "r|*") as tar:
-            key, parts = None, {}
+            key: str | None = None
+            parts: dict[str, bytes] = {}
             for member in tar:
                 if not member.isfile():
                     continue
