@@ -4,7 +4,7 @@ examples:
   h5record info train.h5               schema, rows, size and codecs
   h5record schema train.h5             the fields and their types
   h5record head train.h5 -n 3          the first rows as JSON lines
-  h5record verify train.h5             decode every row
+  h5record verify train.h5             check every checksum and decode every row
   h5record bench train.h5              read speed of this file, and what to use
   h5record convert data/ train.h5      Parquet, Arrow, JSON lines, CSV, tar shards, ...
 
@@ -69,19 +69,20 @@ def _info_of(path: str) -> int:
     return 0
 
 
-def _verify(path: str, batch: int = 4096) -> int:
-    """Decode every row; report the first damaged one."""
-    ds = H5Dataset(path)
-    n = len(ds)
-    from tqdm.auto import tqdm
+def _verify(path: str, quick: bool = False) -> int:
+    """Check every checksum block and every row; report all damage; 1 if there is any."""
+    from .verify import verify_file
 
-    with tqdm(total=n, unit=" rows", unit_scale=True, disable=not sys.stderr.isatty()) as bar:
-        for start in range(0, n, batch):
-            idx = np.arange(start, min(n, start + batch))
-            ds[idx].columns  # noqa: B018 - decoding is the check
-            bar.update(len(idx))
-    print(f"{path}: all {n:,} rows decode")
-    return 0
+    report = verify_file(path, quick=quick, say=lambda text: print(f"{path}: DAMAGED {text}"))
+    if quick:
+        checked = "structure only (--quick)"
+    elif report.checksums:
+        checked = f"{report.blocks:,} checksum blocks"
+    else:
+        checked = "no checksums in the file (written without them), structure only"
+    verdict = f"{len(report.damage)} damaged" if report.damage else "no damage found"
+    print(f"{path}: {report.rows:,} rows checked, {checked}: {verdict}")
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the schema and size of a file").add_argument("file")
-    sub.add_parser("verify", help="decode every row of a file").add_argument("file")
+    verify = sub.add_parser(
+        "verify", help="check every checksum and row of a file; exit 1 if it is damaged"
+    )
+    verify.add_argument("file")
+    verify.add_argument("--quick", action="store_true", help="check the rows' structure only")
     merge = sub.add_parser("merge", help="concatenate shards into one file")
     merge.add_argument("out", help="the file to write")
     merge.add_argument("shards", nargs="+", help="shard files, or one folder or glob")
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .merge import main as merge_main
 
             return merge_main(args.out, args.shards, overwrite=args.overwrite)
-        return _verify(args.file)
+        return _verify(args.file, quick=args.quick)
     except (H5RecordError, OSError) as exc:
         print(f"h5record: {exc}", file=sys.stderr)
         return 1

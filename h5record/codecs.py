@@ -149,6 +149,8 @@ class ZstdBlockEncoder:
         self.block_bytes = int(codec.get("block_bytes") or ZSTD_BLOCK_BYTES)
         self.want_dictionary = codec.get("dictionary")
         self.dictionary_bytes = codec.get("dictionary_bytes")
+        # Frames carry zstd's content checksum (FORMAT.md section 6).
+        self.checksum = bool(codec.get("checksum"))
         self.element_bytes = element_bytes
         self.variable = variable
         self.rows_per_block = 1
@@ -180,7 +182,7 @@ class ZstdBlockEncoder:
             level=self.level,
             dict_data=dict_data,
             write_content_size=True,
-            write_checksum=False,
+            write_checksum=self.checksum,
             write_dict_id=False,
         )
 

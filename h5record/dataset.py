@@ -20,6 +20,7 @@ import numpy as np
 from . import reader
 from ._fast import Decoder, ForeignThreadError, batch_rows, pad_ragged
 from .cache import SharedCache
+from .checksums import Verifier
 from .commit import recover
 from .errors import FormatError
 from .fields import Schema
@@ -52,6 +53,14 @@ class H5Dataset:
         With ``in_memory``, keep zstd fields compressed in memory and
         decompress rows on access (for data that fits in RAM only
         compressed); by default they are decompressed once at load.
+    verify:
+        Check the checksums (docs/FORMAT.md section 6) of the bytes of
+        rows before decoding them, each checksum block once; a mismatch
+        raises :class:`~h5record.errors.FormatError` naming the file, the
+        field, the dataset and the rows of the block. In-memory datasets
+        check everything once, when loaded. A file written without
+        checksums is read with the structure checks of every read only,
+        after one warning.
 
     The h5record 1.0.4 form ``H5Dataset(schema, path, data_iter, ...)`` is
     accepted too: it writes ``path`` from ``data_iter`` when the file does
@@ -75,6 +84,9 @@ class H5Dataset:
 
             if shards.is_sharded(path):
                 return shards.ShardedDataset(path, *args, **kwargs)
+        if cls is H5Dataset and kwargs.get("verify"):
+            # A subclass, so that the default read path has no verify branch.
+            return super().__new__(_VerifiedDataset)
         return super().__new__(cls)
 
     def __init__(
@@ -86,6 +98,7 @@ class H5Dataset:
         cache_limit: int | None = None,
         cache_compressed: bool = False,
         partial: bool = False,
+        verify: bool = False,
         **legacy_kwargs: Any,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -111,6 +124,7 @@ class H5Dataset:
             recover(self.path, reader=True)
         self.in_memory = in_memory
         self.transform = transform
+        self.verify = bool(verify)
         self._layout = reader.read_layout(self.path)
         self._stat = _stat(self.path)
         self.cache_limit = cache_limit
@@ -308,6 +322,52 @@ class H5Dataset:
             f"H5Dataset({self.path!r}, rows={len(self)}, fields={self.names}, "
             f"in_memory={self.in_memory!r})"
         )
+
+
+class _VerifiedDataset(H5Dataset):
+    """``H5Dataset(path, verify=True)``: checksum blocks are checked before rows are decoded."""
+
+    _verifier: Verifier | None = None
+
+    def __init__(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(path, *args, **kwargs)
+        if not self._layout.checksums:
+            warnings.warn(
+                f"{self.path} has no checksums (written without them): verify=True checks "
+                "the structure of the rows it reads, as every read does, and nothing more",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif self._arrays is None:
+            self._verifier = Verifier(self._layout)
+
+    def _load_cache(self) -> None:
+        super()._load_cache()
+        if self._arrays is not None and self._layout.checksums:
+            # The arrays are what rows are decoded from: check them all, once.
+            verifier = Verifier(self._layout, self._arrays)
+            try:
+                verifier.check_all()
+            finally:
+                verifier.close()
+
+    def __getitem__(self, index: Any) -> Any:
+        if self._verifier is not None and isinstance(index, (int, np.integer)):
+            n = len(self)
+            if -n <= index < n:
+                self._verifier.check_rows(np.array([int(index) % n], np.int64))
+        return super().__getitem__(index)
+
+    def checked_rows(self, indices: Iterable[int]) -> np.ndarray:
+        idx = super().checked_rows(indices)
+        if self._verifier is not None:
+            self._verifier.check_rows(idx)
+        return idx
+
+    def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.close()
+        super().close()
 
 
 def _pad_ragged(flat: np.ndarray, offsets: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from . import _io, spec
+from .checksums import check_metadata
 from .errors import FormatError
 from .fields import Field, Kind, Schema
 
@@ -61,6 +62,7 @@ class FileLayout:
     version: int
     file_size: int
     fields: list[FieldLayout] = field(default_factory=list)
+    checksums: bool = False  # docs/FORMAT.md section 6; the metadata hash was checked
 
     @property
     def mappable(self) -> bool:
@@ -93,6 +95,8 @@ def read_layout(path: str) -> FileLayout:
     with f:
         if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
             raise FormatError(f"{path}: not an h5record file")
+        # Before the metadata is used: a damaged attribute is named as damage.
+        checked = check_metadata(f, path)
         version = _int_attr(f, spec.ATTR_VERSION, path)
         if version > spec.FORMAT_VERSION:
             raise FormatError(
@@ -110,6 +114,7 @@ def read_layout(path: str) -> FileLayout:
         if num_rows < 0:
             raise FormatError(f"{path}: attribute {spec.ATTR_NUM_ROWS!r} is {num_rows}")
         layout = FileLayout(path, schema, num_rows, version, os.path.getsize(path))
+        layout.checksums = checked
         for fld in schema:
             layout.fields.append(_field_layout(f, fld, num_rows, layout.file_size, path))
     return layout

@@ -10,6 +10,12 @@ ATTR_SCHEMA = "schema"
 ATTR_NUM_ROWS = "num_rows"
 ATTR_WRITER = "writer"
 
+# Checksums (section 6).
+ATTR_METADATA_XXH3 = "metadata_xxh3"
+ATTR_BLOCK_BYTES = "block_bytes"
+CHECKSUM_SUFFIX = "_xxh3"
+CHECKSUM_BLOCK_BYTES = 1 << 16
+
 # Tree.
 FIELDS_GROUP = "fields"
 VALUES = "values"

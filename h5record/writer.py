@@ -26,6 +26,7 @@ import numpy as np
 from . import codecs, spec
 from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
 from ._version import __version__
+from .checksums import FieldSums, metadata_hash
 from .commit import CommitFile, fsync_dir, journal_path, recover, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, String
@@ -58,6 +59,7 @@ class _Column:
         self.rows: list[Any] = []  # values of single rows, not yet joined
         self.parts: list[Any] = []  # joined (flat, lengths) pieces, not yet written
         self.pending_bytes = 0
+        self.sums: FieldSums | None = None  # set by a writer with checksums
         if rows is not None:
             self._open(group, rows)
             return
@@ -113,11 +115,15 @@ class _Column:
             n_old = self.offsets.shape[0]
             self.offsets.resize((n_old + len(starts),))
             self.offsets[n_old:] = starts
+            if self.sums is not None:
+                self.sums.update(self.offsets, starts)
         else:
             flat = _join([p[0] for p in self.parts], self.field)
         if len(flat):
             self.values.resize((self.end + len(flat), *self.field.element_shape))
             self.values[self.end :] = flat
+            if self.sums is not None:
+                self.sums.update(self.values, flat)
             self.end += len(flat)
         self.parts.clear()
         self.pending_bytes = 0
@@ -198,6 +204,7 @@ class _ZstdColumn:
         self.rows: list[Any] = []
         self.parts: list[Any] = []
         self.pending_bytes = 0
+        self.sums: FieldSums | None = None  # set by a writer with checksums
         self.plain: _Column | None = None
         self.planned = False
         self.values: h5py.Dataset | None = None
@@ -248,6 +255,7 @@ class _ZstdColumn:
         if not self.encoder.plan(flat, offsets):
             # Incompressible (JPEG bytes, say): store it raw, as FORMAT.md allows.
             self.plain = _Column(self.group, self.field, {"id": spec.CODEC_NONE}, self.chunk_bytes)
+            self.plain.sums = self.sums
             return
         self.values = _resizable(self.group, spec.VALUES, "u1", self.chunk_bytes)
         # The block index is small (8 bytes a block): smaller chunks waste less of
@@ -297,8 +305,12 @@ class _ZstdColumn:
                 flat[:cut], offsets[: whole + 1] if offsets is not None else None
             )
             assert self.values is not None and self.blocks is not None
+            ends = self.written + np.cumsum(sizes)
             _append(self.values, np.frombuffer(frames, np.uint8))
-            _append(self.blocks, self.written + np.cumsum(sizes))
+            _append(self.blocks, ends)
+            if self.sums is not None:
+                self.sums.update(self.values, np.frombuffer(frames, np.uint8))
+                self.sums.update(self.blocks, ends)
             self.written += len(frames)
         if whole < n:  # carry the rows of an unfinished block into the next flush
             # As copies: flat may be the caller's write_batch column, which the
@@ -430,6 +442,9 @@ class H5Writer:
         Commit when this many seconds have passed since the last commit
         (default 60; ``None`` for no time limit). It is checked when
         buffered rows are written out, at least about once a second.
+    checksums:
+        Write checksums (docs/FORMAT.md, section 6) into a new file
+        (default). A continued file keeps what it has: checksums, or none.
 
     A commit makes every row written so far durable: a kill (even SIGKILL)
     loses at most the rows written since. SIGINT and SIGTERM received while
@@ -461,8 +476,10 @@ class H5Writer:
         resume: bool = False,
         commit_every: int | None = None,
         commit_seconds: float | None = COMMIT_SECONDS,
+        checksums: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        self._checksums = bool(checksums)
         self._closed = True  # until the file is open
         self._packer: RowPacker | None = None
         self._io: CommitFile | None = None
@@ -527,6 +544,9 @@ class H5Writer:
             self._release(remove=not existing and self._io is not None)
             raise
         self._closed = False
+        if self._checksums:
+            for column in self._columns:
+                column.sums = FieldSums(column.datasets())
         self._names = self.schema.names
         self._name_set = frozenset(self._names)
         self._fields = self.schema.fields
@@ -574,6 +594,8 @@ class H5Writer:
                 # A dataset-wide zstd default skips scalars: 8 bytes a row gain
                 # little, and would cost a block decompression on every read.
                 codec = {"id": spec.CODEC_NONE}
+            if self._checksums and codec["id"] == spec.CODEC_ZSTD:
+                codec = {**codec, "checksum": True}
             self._codecs[field.name] = codec
             self._columns.append(
                 _make_column(fields_group.create_group(field.name), field, codec, chunk_bytes)
@@ -621,6 +643,7 @@ class H5Writer:
             _check_same_schema(given, stored, path)
         self.schema = given if given is not None else stored
         self._committed_rows = rows = int(f.attrs[spec.ATTR_NUM_ROWS])
+        self._checksums = spec.ATTR_METADATA_XXH3 in f.attrs
         self._codecs = {}
         self._columns = []
         for field, kept in zip(self.schema, stored, strict=True):
@@ -843,6 +866,8 @@ class H5Writer:
         for column in self._columns:
             for dset in column.datasets():
                 _write_chunk_table(dset)
+            if column.sums is not None:
+                column.sums.commit(column.datasets())
         schema = Schema(
             _with_codec(field, column.stored_codec(self._codecs[field.name]))
             for field, column in zip(self.schema.fields, self._columns, strict=True)
@@ -851,6 +876,11 @@ class H5Writer:
         if text != self._schema_json:  # rewritten only when a codec entry changed
             f.attrs[spec.ATTR_SCHEMA] = text
             self._schema_json = text
+        if self._checksums:
+            version = int(f.attrs[spec.ATTR_VERSION])
+            f.attrs[spec.ATTR_METADATA_XXH3] = metadata_hash(
+                self.num_rows, self._schema_json, version
+            )
         # num_rows last: it is the commit point (docs/FORMAT.md, section 2).
         f.attrs[spec.ATTR_NUM_ROWS] = np.int64(self.num_rows)
 

@@ -1,0 +1,128 @@
+"""Check a whole file: every checksum block and every row (``h5record verify``).
+
+Checksums are read a few MiB at a time, rows are decoded in batches of a
+bounded size; a batch that fails is halved until the damaged rows are
+found, and the check goes on past them, so that one run names every
+damaged field, dataset, block and row range.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reader
+from .checksums import Verifier, row_range
+from .errors import FormatError
+
+# Bytes of rows decoded at a time, and the most rows of a batch.
+BATCH_BYTES = 32 << 20
+BATCH_ROWS = 4096
+
+
+@dataclass
+class Report:
+    path: str
+    rows: int = 0  # rows whose structure was checked
+    blocks: int = 0  # checksum blocks checked
+    checksums: bool = False
+    damage: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+
+def verify_file(path: str, quick: bool = False, say: Callable[[str], None] | None = None) -> Report:
+    """Check every checksum block (unless ``quick``) and every row of ``path``.
+
+    Every damage found is given to ``say`` as it is found, and kept in the
+    report.
+    """
+    report = Report(path)
+
+    def found(text: str) -> None:
+        report.damage.append(text)
+        if say is not None:
+            say(text)
+
+    try:
+        layout = reader.read_layout(path)
+    except FormatError as exc:
+        found(f"cannot be opened: {exc}")
+        return report
+    report.checksums = layout.checksums
+    if layout.checksums and not quick:
+        verifier = Verifier(layout, sequential=True)
+        try:
+            for item in verifier.scan():
+                found(str(item))
+            report.blocks = verifier.blocks()
+        finally:
+            verifier.close()
+    for text in _structure(path, layout, report):
+        found(text)
+    return report
+
+
+def _structure(path: str, layout: reader.FileLayout, report: Report) -> Iterator[str]:
+    from tqdm.auto import tqdm
+
+    from .dataset import H5Dataset
+
+    n = layout.num_rows
+    try:
+        ds = H5Dataset(path)
+    except FormatError as exc:
+        yield f"cannot be opened: {exc}"
+        return
+    total = n * len(layout.fields)
+    with ds, tqdm(total=total, unit=" values", unit_scale=True, disable=not _tty()) as bar:
+        for fl in layout.fields:
+            name = fl.field.name
+            step = _batch_rows(fl, n)
+            bad: list[tuple[int, str]] = []
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                bad.extend(_bad_rows(ds, name, start, stop))
+                bar.update(stop - start)
+            for first, stop, message in _runs(bad):
+                yield f"field {name!r}: {row_range(first, stop)} do not decode ({message})"
+    report.rows = n
+
+
+def _batch_rows(fl: reader.FieldLayout, n: int) -> int:
+    """Rows per batch, so that a batch decodes to about ``BATCH_BYTES``."""
+    per_row = fl.field.element_bytes
+    if fl.field.variable and n:
+        per_row = max(1, fl.values_len * fl.field.element_bytes // n)
+    return int(max(1, min(BATCH_ROWS, BATCH_BYTES // max(per_row, 1))))
+
+
+def _bad_rows(ds: object, name: str, start: int, stop: int) -> Iterator[tuple[int, str]]:
+    """Rows of ``start:stop`` whose field ``name`` does not decode, found by halving."""
+    try:
+        ds.column(name, np.arange(start, stop, dtype=np.int64))  # type: ignore[attr-defined]
+        return
+    except Exception as exc:  # any failure of a damaged row is reported, none stops the check
+        if stop - start == 1:
+            yield start, f"{type(exc).__name__}: {exc}"
+            return
+    mid = (start + stop) // 2
+    yield from _bad_rows(ds, name, start, mid)
+    yield from _bad_rows(ds, name, mid, stop)
+
+
+def _runs(bad: list[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
+    """Consecutive rows as (first, stop, the first row's message)."""
+    for _, group in itertools.groupby(enumerate(bad), key=lambda p: p[1][0] - p[0]):
+        rows = [row for _, row in group]
+        yield rows[0][0], rows[-1][0] + 1, rows[0][1]
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,400 @@
+"""Checksums (FORMAT.md section 6): written at every commit, append and resume; checked by
+``H5Dataset(path, verify=True)`` and ``h5record verify``; damaged copies never read wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from h5record import (
+    Bytes,
+    FormatError,
+    H5Dataset,
+    H5Writer,
+    Image,
+    Integer,
+    Sequence,
+    String,
+    codecs,
+)
+from h5record.checksums import StreamHasher, metadata_hash
+from h5record.cli import main as cli
+from h5record.verify import verify_file
+from tests.strategies import assert_row_equal, expected_row, schema_and_rows
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
+import fixture_v1  # noqa: E402
+
+
+def spec_check(path) -> int:
+    """Check every checksum of a file with h5py and xxhash alone, as FORMAT.md states them."""
+    blocks = 0
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs["num_rows"])
+        schema_text = f.attrs["schema"]
+        text = json.dumps(
+            {"num_rows": n, "schema": schema_text, "version": int(f.attrs["h5record_version"])},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        assert int(f.attrs["metadata_xxh3"]) == xxhash.xxh3_64_intdigest(text.encode())
+        for entry in json.loads(schema_text)["fields"]:
+            g = f["fields"][entry["name"]]
+            if entry["codec"]["id"] == "zstd":
+                assert entry["codec"]["checksum"] is True
+                k = -(-n // entry["codec"]["rows_per_block"])
+                ends = {"blocks": k + 1, "values": int(g["blocks"][k])}
+            elif "offsets" in g:
+                ends = {"offsets": n + 1, "values": int(g["offsets"][n])}
+            else:
+                ends = {"values": n}
+            for name, end in ends.items():
+                data = g[name][:end].tobytes()
+                table = g[name + "_xxh3"]
+                bb = int(table.attrs["block_bytes"])
+                want = [xxhash.xxh3_64_intdigest(data[s : s + bb]) for s in range(0, len(data), bb)]
+                assert table[()].tolist() == want, (entry["name"], name)
+                blocks += len(want)
+    return blocks
+
+
+def read_all(path, rows_expected, schema) -> None:
+    with H5Dataset(path, verify=True) as ds:
+        assert len(ds) == len(rows_expected)
+        for i, r in enumerate(rows_expected):
+            assert_row_equal(ds[i], expected_row(schema, r))
+        batch = ds[np.arange(len(ds))[::-1]].to_list()
+        for got, r in zip(batch, rows_expected[::-1], strict=True):
+            assert_row_equal(got, expected_row(schema, r))
+
+
+def test_stream_hasher_matches_blocks_of_the_whole_stream():
+    rng = np.random.default_rng(0)
+    data = rng.bytes(5 * 4096 + 123)
+    hasher = StreamHasher(4096)
+    cuts = sorted(rng.integers(0, len(data), 7).tolist())
+    for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        hasher.update(data[a:b])
+    want = [xxhash.xxh3_64_intdigest(data[s : s + 4096]) for s in range(0, len(data), 4096)]
+    assert hasher.entries().tolist() == want
+    hasher.written()
+    assert hasher.stored == 5 and hasher.entries(b"x").tolist() == [
+        xxhash.xxh3_64_intdigest(data[5 * 4096 :] + b"x")
+    ]
+
+
+# -- round trips ----------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=schema_and_rows(with_codecs=True, max_rows=30),
+    commit_every=st.sampled_from([None, 1, 3, 7]),
+    cut=st.integers(0, 30),
+)
+def test_round_trip_every_field_and_codec_commits_and_appends(
+    tmp_path_factory, data, commit_every, cut
+):
+    schema, rows = data
+    cut = min(cut, len(rows))
+    path = tmp_path_factory.mktemp("c") / "c.h5"
+    with H5Writer(path, schema, progress=False, commit_every=commit_every) as w:
+        for r in rows[:cut]:
+            w.write(r)
+    spec_check(path)
+    with H5Writer(path, mode="a", progress=False, commit_every=commit_every) as w:
+        for r in rows[cut:]:
+            w.write(r)
+    spec_check(path)
+    read_all(path, rows, schema)
+    assert verify_file(str(path)).ok
+
+
+SCHEMA = [
+    String("text"),
+    Integer("label"),
+    Sequence("tokens", dtype="int32"),
+    Bytes("gz", compression="gzip"),
+    String("lz", compression="lzf"),
+    String("z", compression=codecs.zstd(level=1, block_bytes=2048)),
+    Sequence("zt", dtype="uint16", compression="zstd"),
+    Image(3, 8, 8, "img"),
+]
+
+
+def row(i: int) -> dict:
+    rng = np.random.default_rng(i)
+    return {
+        "text": f"row {i} " * (i % 40),
+        "label": i,
+        "tokens": rng.integers(-5, 5, i % 60, dtype=np.int32),
+        "gz": rng.bytes(i % 50),
+        "lz": "lzf " * (i % 30),
+        "z": f"zstd text {i % 17} " * (i % 30),
+        "zt": np.arange(i % 40, dtype=np.uint16),
+        "img": rng.integers(0, 255, (3, 8, 8), dtype=np.uint8),
+    }
+
+
+def write_rows(path, start, stop, **kwargs) -> None:
+    with H5Writer(path, SCHEMA, progress=False, **kwargs) as w:
+        assert w.num_rows == start
+        for i in range(start, stop):
+            w.write(row(i))
+
+
+def check_file(path, n) -> None:
+    assert spec_check(path) > 0
+    with H5Dataset(path, verify=True) as ds:
+        assert len(ds) == n
+        for i in (0, n // 2, n - 1):
+            assert_row_equal(ds[i], expected_row(SCHEMA, row(i)))
+        got = ds[np.arange(n)].to_list()
+    for i in range(n):
+        assert_row_equal(got[i], expected_row(SCHEMA, row(i)))
+
+
+def test_commits_resume_and_append_continue_the_checksums(tmp_path):
+    # Rows of several checksum blocks, so that resume and append continue a
+    # table whose last block is partly filled.
+    path = tmp_path / "r.h5"
+    write_rows(path, 0, 1500, commit_every=100)
+    check_file(path, 1500)
+    with pytest.raises(RuntimeError), H5Writer(path.with_name("p.h5"), SCHEMA, progress=False) as w:
+        for i in range(900):
+            w.write(row(i))
+            if i == 700:
+                w.commit()
+        raise RuntimeError("stop")  # leaves p.h5.partial with its commit
+    partial = path.with_name("p.h5.partial")
+    spec_check(partial)
+    with H5Writer(path.with_name("p.h5"), SCHEMA, progress=False, resume=True) as w:
+        assert w.num_rows == 900
+        for i in range(900, 2100):
+            w.write(row(i))
+            if i % 333 == 0:
+                w.commit()
+    check_file(path.with_name("p.h5"), 2100)
+    write_rows(path, 1500, 1501, mode="a")
+    write_rows(path, 1501, 2600, mode="a", commit_every=250)
+    check_file(path, 2600)
+    assert cli(["verify", str(path)]) == 0
+
+
+def test_files_without_checksums_stay_without(tmp_path):
+    path = tmp_path / "n.h5"
+    write_rows(path, 0, 50, checksums=False)
+    write_rows(path, 50, 80, mode="a")
+    with h5py.File(path) as f:
+        assert "metadata_xxh3" not in f.attrs
+        names = []
+        f.visit(names.append)
+        assert not [n for n in names if n.endswith("_xxh3")]
+        assert "checksum" not in f.attrs["schema"]
+    with pytest.warns(UserWarning, match="no checksums"):
+        ds = H5Dataset(path, verify=True)
+    assert_row_equal(ds[79], expected_row(SCHEMA, row(79)))
+    ds.close()
+
+
+def test_v1_fixture_reads_and_verifies_its_structure(capsys):
+    with pytest.warns(UserWarning, match="no checksums"):
+        ds = H5Dataset(fixture_v1.PATH, verify=True)
+    assert len(ds[np.arange(len(ds))]) == fixture_v1.ROWS
+    for i in range(len(ds)):
+        ds[i]
+    assert cli(["verify", fixture_v1.PATH]) == 0
+    assert "no checksums" in capsys.readouterr().out
+
+
+def test_default_reads_take_no_verify_path(tmp_path):
+    path = tmp_path / "d.h5"
+    write_rows(path, 0, 10)
+    assert type(H5Dataset(path)) is H5Dataset
+    assert type(H5Dataset(path, verify=False)) is H5Dataset
+    ds = H5Dataset(path, verify=True)
+    assert isinstance(ds, H5Dataset) and ds.verify
+    ds[3]
+    clone = pickle.loads(pickle.dumps(ds))  # DataLoader workers under spawn
+    assert_row_equal(clone[4], expected_row(SCHEMA, row(4)))
+
+
+# -- damage -------------------------------------------------------------------
+
+
+def flip(path, dataset: str, at: int = 96, chunk: int = 0) -> None:
+    """Flip one bit ``at`` bytes into a chunk of a dataset, as stored."""
+    with h5py.File(path, "r") as f:
+        d = f[dataset]
+        info = d.id.get_chunk_info(chunk)
+        address, size = info.byte_offset, info.size
+    with open(path, "r+b") as fh:
+        fh.seek(address + min(at, size - 1))
+        b = fh.read(1)
+        fh.seek(address + min(at, size - 1))
+        fh.write(bytes([b[0] ^ 0x08]))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clean") / "clean.h5"
+    write_rows(path, 0, 1200, commit_every=400)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dataset", "field"),
+    [
+        ("fields/text/values", "text"),
+        ("fields/text/offsets", "text"),
+        ("fields/label/values", "label"),
+        ("fields/tokens/values", "tokens"),
+        ("fields/img/values", "img"),
+        ("fields/gz/values", "gz"),
+        ("fields/lz/offsets", "lz"),
+        ("fields/z/values", "z"),
+        ("fields/z/blocks", "z"),
+        ("fields/zt/values", "zt"),
+    ],
+)
+def test_a_flipped_bit_is_found_by_verify_and_the_command(tmp_path, clean, dataset, field):
+    path = tmp_path / "bad.h5"
+    shutil.copy(clean, path)
+    flip(path, dataset)
+    with H5Dataset(path, verify=True) as ds, pytest.raises(FormatError) as err:
+        ds[np.arange(len(ds))].columns  # noqa: B018
+    assert str(path) in str(err.value) and f"field {field!r}" in str(err.value)
+    assert "checksum" in str(err.value) or "damaged" in str(err.value)
+    report = verify_file(str(path))
+    assert not report.ok and any(f"field {field!r}" in d for d in report.damage)
+
+
+def test_zstd_frames_check_themselves_without_verify(tmp_path, clean):
+    path = tmp_path / "z.h5"
+    shutil.copy(clean, path)
+    flip(path, "fields/z/values", at=3000)
+    with H5Dataset(path) as ds, pytest.raises(FormatError, match="'z'"):
+        ds[np.arange(len(ds))].column("z")
+
+
+def test_the_command_reports_every_damaged_range_and_goes_on(tmp_path, clean, capsys):
+    path = tmp_path / "many.h5"
+    shutil.copy(clean, path)
+    flip(path, "fields/text/values", at=10)
+    flip(path, "fields/text/values", at=150_000)
+    flip(path, "fields/label/values", at=5000)
+    flip(path, "fields/z/values", at=100)
+    assert cli(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    damaged = [line for line in out.splitlines() if "DAMAGED" in line]
+    assert sum("'text', dataset 'values': checksum block 0 " in x for x in damaged) == 1
+    assert sum("'text', dataset 'values': checksum block 2 " in x for x in damaged) == 1
+    assert sum("'label', dataset 'values'" in x for x in damaged) == 1
+    assert sum("'z', dataset 'values'" in x for x in damaged) == 1
+    assert any("field 'z': row" in x and "do not decode" in x for x in damaged)
+    assert "1,200 rows checked" in out
+    assert cli(["verify", "--quick", str(path)]) == 1  # the zstd frame is structure too
+    assert "checksum block" not in capsys.readouterr().out
+
+
+def test_damaged_metadata_is_refused_at_open(tmp_path, clean):
+    path = tmp_path / "m.h5"
+    shutil.copy(clean, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["num_rows"] = np.int64(1199)
+    with pytest.raises(FormatError, match=r"m\.h5.*metadata.*checksum"):
+        H5Dataset(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["num_rows"] = np.int64(1200)
+        assert f.attrs["metadata_xxh3"] == metadata_hash(1200, f.attrs["schema"], 1)
+    H5Dataset(path).close()
+
+
+@pytest.mark.parametrize("in_memory", [True, "process"])
+def test_in_memory_datasets_check_everything_once(tmp_path, clean, in_memory):
+    path = tmp_path / "mem.h5"
+    shutil.copy(clean, path)
+    with H5Dataset(path, verify=True, in_memory=in_memory) as ds:
+        assert_row_equal(ds[5], expected_row(SCHEMA, row(5)))
+    flip(path, "fields/tokens/values", at=20)
+    with pytest.raises(FormatError, match="'tokens'"):
+        H5Dataset(path, verify=True, in_memory=in_memory)
+
+
+def _damage(rng: np.random.Generator, data: bytearray) -> bytearray:
+    kind = rng.integers(0, 3)
+    if kind == 0:  # bit flips
+        for at in rng.integers(0, len(data), rng.integers(1, 8)):
+            data[at] ^= 1 << int(rng.integers(0, 8))
+    elif kind == 1:  # a zeroed run, as a lost page
+        at = int(rng.integers(0, len(data)))
+        data[at : at + int(rng.integers(1, 8192))] = bytes(len(data[at : at + 8192]))
+    else:  # truncation
+        del data[int(rng.integers(0, len(data))) :]
+    return data
+
+
+def test_damaged_copies_never_read_wrong_rows(tmp_path):
+    """100 damaged copies: every row read with verify=True is right, or an error says why."""
+    path = tmp_path / "small.h5"
+    n = 300
+    write_rows(path, 0, n, commit_every=100)
+    truth = [expected_row(SCHEMA, row(i)) for i in range(n)]
+    original = path.read_bytes()
+    rng = np.random.default_rng(20240611)
+    results = {"wrong": 0, "refused": 0, "clean": 0, "caught_by_command": 0}
+    for trial in range(100):
+        bad = tmp_path / f"t{trial}.h5"
+        bad.write_bytes(bytes(_damage(rng, bytearray(original))))
+        wrong = refused = False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = H5Dataset(bad, verify=True)
+            with ds:
+                for i in rng.permutation(n)[:40].tolist():
+                    try:
+                        got = ds[i]
+                    except FormatError:
+                        refused = True
+                        continue
+                    wrong |= any(not _same(got[k], v) for k, v in truth[i].items())
+                try:
+                    batch = ds[np.arange(n)].to_list()
+                    wrong |= any(
+                        not _same(got[k], v)
+                        for got, want in zip(batch, truth, strict=True)
+                        for k, v in want.items()
+                    )
+                except FormatError:
+                    refused = True
+        except (FormatError, OSError):
+            refused = True
+        report = verify_file(str(bad))
+        results["wrong"] += wrong
+        results["refused"] += refused
+        results["clean"] += not refused
+        results["caught_by_command"] += not report.ok
+        # What the command passes as undamaged reads back right.
+        assert report.ok or refused or not wrong
+        if report.ok:
+            assert not refused, (trial, report)
+        os.unlink(bad)
+    assert results["wrong"] == 0, results
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    return type(a) is type(b) and a == b
