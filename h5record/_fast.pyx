@@ -411,6 +411,8 @@ cdef int field_spans(const FieldIO* io, int64_t i, bint data, const uint8_t* map
     """Add the map spans row ``i`` of a field needs: its index entries or, with
     ``data``, the values (or zstd frame) they point at. Damage is skipped."""
     cdef int64_t j = i, lo, hi
+    if io.values == NULL:  # a reader over shards: each shard fetches its own
+        return 0
     if io.rows_per_block > 0:
         j = i // io.rows_per_block
     elif not io.variable:
@@ -879,6 +881,200 @@ cdef class ZstdField(FieldReader):
         return pad_ragged(flat, offsets, pad, min_len)
 
 
+cdef inline Py_ssize_t shard_of(const int64_t* starts, Py_ssize_t n_parts,
+                                int64_t i) noexcept nogil:
+    """The shard holding checked row ``i``: a binary search of the shards' first rows."""
+    cdef Py_ssize_t lo = 0, hi = n_parts - 1, mid
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if starts[mid] <= i:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+cdef tuple group_rows(const int64_t[::1] idx, const int64_t* starts, Py_ssize_t n_parts):
+    """Rows grouped by shard (a counting sort, keeping their order within a shard).
+
+    Returns ``(grouped, begin, shard, where)``: the rows' local indices, shard
+    by shard; where each shard's group begins (``n_parts + 1`` entries); each
+    row's shard; and each row's place in ``grouped``.
+    """
+    cdef Py_ssize_t j, s, n = idx.shape[0]
+    begin = np.zeros(n_parts + 1, np.int64)
+    shard = np.empty(n, np.intp)
+    grouped = np.empty(n, np.int64)
+    where = np.empty(n, np.int64)
+    cdef int64_t* bg = <int64_t*>cnp.PyArray_DATA(begin)
+    cdef Py_ssize_t* sh = <Py_ssize_t*>cnp.PyArray_DATA(shard)
+    cdef int64_t* gr = <int64_t*>cnp.PyArray_DATA(grouped)
+    cdef int64_t* wh = <int64_t*>cnp.PyArray_DATA(where)
+    cdef int64_t* fill = <int64_t*>malloc(max(n_parts, 1) * sizeof(int64_t))
+    if fill == NULL:
+        raise MemoryError()
+    for j in range(n):
+        sh[j] = shard_of(starts, n_parts, idx[j])
+        bg[sh[j] + 1] += 1
+    for s in range(n_parts):
+        bg[s + 1] += bg[s]
+        fill[s] = bg[s]
+    for j in range(n):
+        s = sh[j]
+        wh[j] = fill[s]
+        gr[fill[s]] = idx[j] - starts[s]
+        fill[s] += 1
+    free(fill)
+    return grouped, begin, shard, where
+
+
+def split_by_shard(const int64_t[::1] idx, const int64_t[::1] starts):
+    """Checked global rows as ``(local rows grouped by shard, where each group
+    begins)``; ``starts`` holds each shard's first row and the total."""
+    grouped, begin, _, _ = group_rows(idx, &starts[0], starts.shape[0] - 1)
+    return grouped, begin
+
+
+cdef class ShardedField(FieldReader):
+    """One field over several shards, rows numbered across them in shard order.
+
+    Each shard's own reader decodes its rows: a batch makes one call per
+    shard, and the rows are put back in the order asked for here, in C.
+    """
+
+    cdef list parts            # a FieldReader per shard
+    cdef int64_t* starts       # first row of each shard, and the total
+    cdef Py_ssize_t n_parts
+    cdef FieldReader current   # the located row's shard reader
+    cdef int64_t local         # and its row there
+
+    def __init__(self, list parts, const int64_t[::1] starts):
+        cdef FieldReader first, part
+        cdef Py_ssize_t s
+        if not parts or starts.shape[0] != len(parts) + 1:
+            raise ValueError("ShardedField needs a reader per shard and shards + 1 starts")
+        first = parts[0]
+        for part in parts:
+            if (part.kind, part.dtype, part.element_shape) != (first.kind, first.dtype,
+                                                              first.element_shape):
+                raise ValueError(f"field {first.name!r} is stored differently in two shards")
+        self.name, self.kind, self.dtype = first.name, first.kind, first.dtype
+        self.code, self.typenum, self.eb = first.code, first.typenum, first.eb
+        self.element_shape, self.variable = first.element_shape, first.variable
+        self.keep_alive = []
+        self.parts = parts
+        self.n_parts = len(parts)
+        self.starts = <int64_t*>malloc((self.n_parts + 1) * sizeof(int64_t))
+        if self.starts == NULL:
+            raise MemoryError()
+        for s in range(self.n_parts + 1):
+            self.starts[s] = starts[s]
+        self.n_rows = self.starts[self.n_parts]
+
+    def __dealloc__(self):
+        free(self.starts)
+
+    cdef inline Py_ssize_t shard_of(self, int64_t i) noexcept nogil:
+        return shard_of(self.starts, self.n_parts, i)
+
+    cdef void hint(self, int64_t i) noexcept:
+        cdef Py_ssize_t s = self.shard_of(i)
+        (<FieldReader>self.parts[s]).hint(i - self.starts[s])
+
+    cdef int locate(self, int64_t i) except -1:
+        cdef Py_ssize_t s = self.shard_of(i)
+        self.current = <FieldReader>self.parts[s]
+        self.local = i - self.starts[s]
+        return self.current.locate(self.local)
+
+    cdef object take(self, int64_t i):
+        return self.current.take(self.local)
+
+    cdef object column(self, const int64_t[::1] idx, bint raw):
+        cdef Py_ssize_t j, s, n = idx.shape[0]
+        if self.n_parts == 1:
+            return (<FieldReader>self.parts[0]).column(idx, raw)
+        grouped, begin, shard, where = group_rows(idx, self.starts, self.n_parts)
+        parts = [(<FieldReader>self.parts[s]).column(grouped[begin[s]:begin[s + 1]], raw)
+                 if begin[s + 1] > begin[s] else None for s in range(self.n_parts)]
+        return self.interleave(parts, shard, where, begin, raw)
+
+    cdef object interleave(self, list parts, shard, where, begin, bint raw):
+        """Rows of the per-shard columns, in the asked order."""
+        cdef Py_ssize_t j, s, p, n = len(shard)
+        cdef const Py_ssize_t* sh = <const Py_ssize_t*>cnp.PyArray_DATA(shard)
+        cdef const int64_t* wh = <const int64_t*>cnp.PyArray_DATA(where)
+        cdef const int64_t* bg = <const int64_t*>cnp.PyArray_DATA(begin)
+        cdef list out
+        cdef object item
+        if (self.kind == K_STRING or self.kind == K_BYTES) and not raw:
+            out = PyList_New(n)
+            for j in range(n):
+                s = sh[j]
+                item = (<list>parts[s])[wh[j] - bg[s]]
+                Py_INCREF(item)
+                PyList_SET_ITEM(out, j, item)
+            return out
+        # Each shard's data (and offsets) as pointers, kept alive by ``keep``.
+        keep = []
+        cdef const uint8_t** data = <const uint8_t**>calloc(self.n_parts, sizeof(uint8_t*))
+        cdef const int64_t** offs = <const int64_t**>calloc(self.n_parts, sizeof(int64_t*))
+        cdef int64_t e, eb = self.eb
+        try:
+            if data == NULL or offs == NULL:
+                raise MemoryError()
+            for s in range(self.n_parts):
+                part = parts[s]
+                if part is None:
+                    continue
+                arr = np.ascontiguousarray(part[0] if self.variable else part)
+                keep.append(arr)
+                data[s] = <const uint8_t*>cnp.PyArray_DATA(arr)
+                if self.variable:
+                    arr = np.ascontiguousarray(part[1], np.int64)
+                    keep.append(arr)
+                    offs[s] = <const int64_t*>cnp.PyArray_DATA(arr)
+            if not self.variable:
+                out_arr = new_array(1, n, 0, self.element_shape, self.typenum)
+                for j in range(n):
+                    s = sh[j]
+                    memcpy(<uint8_t*>cnp.PyArray_DATA(out_arr) + j * eb,
+                           data[s] + (wh[j] - bg[s]) * eb, eb)
+                return out_arr
+            offsets = np.empty(n + 1, np.int64)
+            of = <int64_t*>cnp.PyArray_DATA(offsets)
+            of[0] = 0
+            for j in range(n):
+                s = sh[j]
+                p = wh[j] - bg[s]
+                of[j + 1] = of[j] + offs[s][p + 1] - offs[s][p]
+            flat = new_array(1, of[n], 0, self.element_shape, self.typenum)
+            for j in range(n):
+                s = sh[j]
+                p = wh[j] - bg[s]
+                e = offs[s][p]
+                memcpy(<uint8_t*>cnp.PyArray_DATA(flat) + of[j] * eb, data[s] + e * eb,
+                       (of[j + 1] - of[j]) * eb)
+            return flat, offsets
+        finally:
+            free(data)
+            free(offs)
+
+    cdef object padded(self, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len):
+        self.check_pad(pad)
+        flat, offsets = self.column(idx, True)
+        return pad_ragged(flat, offsets, pad, min_len)
+
+
+def join_readers(list decoders, const int64_t[::1] starts):
+    """One Decoder over shards: each field of the first decoder, read from every
+    decoder (same fields, same order), rows numbered across them in order."""
+    cdef Decoder first = decoders[0]
+    readers = [ShardedField([(<Decoder>d).readers[k] for d in decoders], starts)
+               for k in range(first.n_fields)]
+    return Decoder(starts[len(decoders)], readers)
+
+
 # -- the Decoder: a row, a column, and the cold stage over a set of field readers ----------
 
 cdef class Decoder:
@@ -888,8 +1084,8 @@ cdef class Decoder:
     ----------
     n_rows : int
         Number of rows.
-    fields : list of dict
-        One entry per field with keys ``name``, ``kind`` (a ``fields.Kind``),
+    fields : list of dict or FieldReader
+        One entry per field: a reader, or a dict with keys ``name``, ``kind`` (a ``fields.Kind``),
         ``dtype``, ``element_shape``, ``values`` and, for variable fields,
         ``offsets``, or for zstd fields ``zstd`` (``blocks``,
         ``rows_per_block``, ``max_block_bytes``, ``dictionary``).
@@ -925,10 +1121,12 @@ cdef class Decoder:
         cdef FieldReader reader
         self.n_rows = n_rows
         self.readers = [
-            ZstdField(n_rows, spec) if spec.get("zstd") is not None else RawField(n_rows, spec)
+            spec if isinstance(spec, FieldReader)
+            else ZstdField(n_rows, spec) if spec.get("zstd") is not None
+            else RawField(n_rows, spec)
             for spec in fields
         ]
-        self.names = [spec["name"] for spec in fields]
+        self.names = [(<FieldReader>reader).name for reader in self.readers]
         self.n_fields = len(fields)
         self.io = <FieldIO*>malloc(max(self.n_fields, 1) * sizeof(FieldIO))
         if self.io == NULL:

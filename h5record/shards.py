@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import tempfile
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fast import Decoder
+from ._fast import Decoder, join_readers, split_by_shard
 from .commit import fsync_dir
 from .dataset import Batch, H5Dataset, TransformedRows
 from .errors import FormatError, SchemaError
@@ -233,6 +234,38 @@ class ShardedDataset:
         # The split of the last batch by shard: Batch asks each column with the same array.
         self._last_split: tuple[Any, Any] = (None, None)
         self._kinds = {f.name: int(f.kind) for f in self.schema}
+        # One compiled decoder over every shard (per thread, as H5Dataset's), for the
+        # fields every shard maps; other fields are joined here, shard by shard.
+        self._joined: Decoder | None = None
+        self._threads = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_joined=None, _last_split=(None, None))
+        del state["_threads"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._threads = threading.local()
+
+    def _decoder(self) -> Decoder:
+        """This thread's decoder over every shard."""
+        joined = self._joined
+        if joined is not None and joined.owned():
+            return joined
+        made = getattr(self._threads, "joined", None)
+        if made is None:
+            decoders = [shard._open() for shard in self.shards]
+            if any(d.names != decoders[0].names for d in decoders):
+                decoders = [Decoder(len(shard), []) for shard in self.shards]
+            made = join_readers(decoders, self._starts)
+            if joined is None:
+                self._joined = made
+                self._joined_index = {name: k for k, name in enumerate(made.names)}
+            else:
+                self._threads.joined = made
+        return made
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
         assert isinstance(self.path, str)
@@ -302,16 +335,17 @@ class ShardedDataset:
 
     def rows_index(self, indices: Iterable[int]) -> np.ndarray:
         """Global row indices as a checked int64 array (negatives wrap)."""
-        # A decoder without fields checks indices against the whole row count.
-        return Decoder(self._n, []).rows_index(indices)
+        return self._decoder().rows_index(indices)
 
     def __getitems__(self, indices: Iterable[int]) -> Any:
         """Fetch many rows at once (PyTorch calls this for each batch)."""
         idx = self.rows_index(indices)
-        # Each shard checks its rows and asks the disk for their byte ranges
-        # (its cold-read stage) before anything is decoded.
-        for s, local in self._split(idx).parts:
-            self.shards[s].checked_rows(local)
+        # Each shard asks the disk for its rows' byte ranges (its cold-read
+        # stage) before anything is decoded.
+        local, begin = split_by_shard(idx, self._starts)
+        for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
+            if b1 > b0:
+                self.shards[s]._open().prefetch(local[b0:b1])
         batch = Batch(self, idx)  # type: ignore[arg-type]
         if self.transform is None:
             return batch
@@ -327,6 +361,10 @@ class ShardedDataset:
 
     def column(self, name: str, idx: np.ndarray) -> Any:
         """Decode one field of checked global rows ``idx``, in their order."""
+        decoder = self._decoder()
+        k = self._joined_index.get(name)
+        if k is not None:
+            return decoder.column(k, idx)
         split = self._split(np.asarray(idx, np.int64))
         cols = [self.shards[s].column(name, local) for s, local in split.parts]
         if split.inverse is None:
@@ -343,6 +381,10 @@ class ShardedDataset:
 
     def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Gather a variable-length field of rows ``idx`` into a padded array."""
+        decoder = self._decoder()
+        k = self._joined_index.get(name)
+        if k is not None:
+            return decoder.padded(k, idx, np.frombuffer(pad, np.uint8))
         split = self._split(np.asarray(idx, np.int64))
         done = [self.shards[s].padded(name, local, pad) for s, local in split.parts]
         if split.inverse is None:
@@ -371,6 +413,8 @@ class ShardedDataset:
 
     def close(self) -> None:
         """Close every shard."""
+        self._joined = None
+        self._threads = threading.local()
         for shard in self.shards:
             shard.close()
         self.in_memory = False
