@@ -1,10 +1,12 @@
 """Merge shards into one h5record file.
 
 The rows are read column-wise, a bounded number at a time, and written
-with :meth:`H5Writer.write_batch`: every field, whatever its codec, is
-decoded and encoded again (raw chunk copying with rebased offsets is not
-done), so memory stays bounded by one batch and the output is written
-like any other file: as ``<out>.partial``, renamed when complete.
+with :meth:`H5Writer.write_batch`: variable-length fields travel as their
+joined bytes and offsets (no Python object a row), fixed fields as arrays.
+Compressed fields are decompressed and compressed again (each shard has its
+own zstd dictionary and block layout, and HDF5 chunks do not line up
+across shards), so memory stays bounded by one batch, and the output is
+written like any other file: as ``<out>.partial``, renamed when complete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import spec
+from .columns import ARRAY, BYTES, TEXT, Ragged
 from .dataset import H5Dataset
 from .fields import Field, Kind, Schema, field_from_json
 from .shards import ShardedDataset, resolve
@@ -89,21 +92,38 @@ def _copy(shard: H5Dataset, writer: H5Writer) -> None:
         columns = {}
         size = 0
         for field in shard.schema:
-            col = shard.column(field.name, idx)
-            if field.kind == Kind.VARIABLE:
-                flat, offsets = col
-                size += flat.nbytes
-                col = np.split(flat, offsets[1:-1]) if len(idx) else []
-            elif isinstance(col, np.ndarray):
-                size += col.nbytes
-            else:
-                size += sum(map(len, col))
+            col = _raw_column(shard, field, idx)
+            size += col.values.nbytes if isinstance(col, Ragged) else _nbytes(col)
             columns[field.name] = col
         writer.write_batch(columns)
         start += len(idx)
         # Aim the next batch at BATCH_BYTES from what this one weighed.
         per_row = max(1, size // max(1, len(idx)))
         step = int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // per_row)))
+
+
+_RAGGED_KINDS = {Kind.STRING: TEXT, Kind.BYTES: BYTES, Kind.VARIABLE: ARRAY}
+
+
+def _raw_column(shard: H5Dataset, field: Field, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a field as the writer takes them, without a Python object a
+    row: variable fields as their joined bytes and offsets."""
+    decoder = shard._open()
+    k = shard._decoder_index.get(field.name)
+    if k is not None and field.kind in _RAGGED_KINDS:
+        flat, offsets = decoder.column(k, idx, raw=True)
+        return Ragged(flat, offsets, _RAGGED_KINDS[field.kind])
+    col = shard.column(field.name, idx)
+    if field.kind == Kind.VARIABLE:  # a filtered field, read through HDF5
+        flat, offsets = col
+        return Ragged(flat, offsets, ARRAY)
+    return col
+
+
+def _nbytes(col: Any) -> int:
+    if isinstance(col, np.ndarray):
+        return int(col.nbytes)
+    return sum(map(len, col))
 
 
 def _plain(field: Field) -> Field:
