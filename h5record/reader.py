@@ -95,14 +95,14 @@ def read_layout(path: str) -> FileLayout:
     with f:
         if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
             raise FormatError(f"{path}: not an h5record file")
-        # Before the metadata is used: a damaged attribute is named as damage.
-        checked = check_metadata(f, path)
         version = _int_attr(f, spec.ATTR_VERSION, path)
         if version > spec.FORMAT_VERSION:
             raise FormatError(
                 f"{path}: written in h5record format version {version}, but this h5record "
                 f"reads versions up to {spec.FORMAT_VERSION}; upgrade h5record"
             )
+        # Before the rest is used: a damaged attribute is named as damage.
+        checked = check_metadata(f, path)
         schema_text = _attr(f, spec.ATTR_SCHEMA, path)
         if isinstance(schema_text, bytes):
             schema_text = schema_text.decode("utf-8")
