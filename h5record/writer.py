@@ -88,6 +88,11 @@ class _Column:
                 dtype="<i8",
             )
             self.offsets[0] = 0
+        self._open_appenders()
+
+    def _open_appenders(self) -> None:
+        self.values_out = _ChunkAppender(self.values)
+        self.offsets_out = None if self.offsets is None else _ChunkAppender(self.offsets)
 
     def _open(self, group: h5py.Group, rows: int) -> None:
         """Continue the committed rows of an existing file; later data is dropped."""
@@ -100,6 +105,7 @@ class _Column:
         else:
             self.end = rows
         self.values.resize((self.end, *self.field.element_shape))
+        self._open_appenders()
 
     def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
         self.parts.append((flat, lengths))
@@ -112,16 +118,13 @@ class _Column:
             flat = _join([p[0] for p in self.parts], self.field)
             lengths = np.concatenate([p[1] for p in self.parts])
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
-            n_old = self.offsets.shape[0]
-            self.offsets.resize((n_old + len(starts),))
-            self.offsets[n_old:] = starts
+            self.offsets_out.append(starts)
             if self.sums is not None:
                 self.sums.update(self.offsets, starts)
         else:
             flat = _join([p[0] for p in self.parts], self.field)
         if len(flat):
-            self.values.resize((self.end + len(flat), *self.field.element_shape))
-            self.values[self.end :] = flat
+            self.values_out.append(flat)
             if self.sums is not None:
                 self.sums.update(self.values, flat)
             self.end += len(flat)
@@ -139,6 +142,43 @@ class _Column:
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return codec
+
+
+class _ChunkAppender:
+    """Appends to a chunked dataset; whole chunks of an unfiltered one go straight to the file.
+
+    ``dset[a:b] = data`` makes HDF5 copy every chunk it writes; a whole chunk
+    written with ``write_direct_chunk`` reaches the file object as it is
+    (about twice the rate for 16 KB rows). The ends of an append that only
+    partly fill a chunk take the ordinary path.
+    """
+
+    def __init__(self, dset: h5py.Dataset) -> None:
+        self.dset = dset
+        self.chunk = dset.chunks[0]
+        self.direct = dset.id.get_create_plist().get_nfilters() == 0
+        self.zeros = (0,) * (dset.ndim - 1)
+
+    def append(self, data: np.ndarray) -> None:
+        dset = self.dset
+        start, n = dset.shape[0], len(data)
+        if not n:
+            return
+        dset.resize((start + n, *dset.shape[1:]))
+        if not self.direct or n < self.chunk:
+            dset[start:] = data
+            return
+        # Raw bytes go to the file as they are: in the dataset's own dtype.
+        data = np.ascontiguousarray(data, dtype=dset.dtype)
+        head = -start % self.chunk  # up to the end of a started chunk
+        whole = head + (n - head) // self.chunk * self.chunk
+        if head:
+            dset[start : start + head] = data[:head]
+        write = dset.id.write_direct_chunk
+        for at in range(head, whole, self.chunk):
+            write((start + at, *self.zeros), data[at : at + self.chunk])
+        if whole < n:
+            dset[start + whole :] = data[whole:]
 
 
 def _resizable_dataset(group: h5py.Group, name: str) -> h5py.Dataset:
