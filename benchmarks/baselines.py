@@ -15,7 +15,9 @@
 
 Both readers hold only a path when pickled and open their files on first
 use in each process, so they work in a ``torch.utils.data.DataLoader`` with
-worker processes started by fork or spawn.
+worker processes started by fork or spawn. An open HDF5 file of the 1.0.4
+layout is closed before every fork (and reopened on next use): a child must
+not inherit HDF5 state, not even to close it.
 
 Run ``python -m benchmarks.baselines --selftest`` to check both round trips
 on small workloads.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,6 +180,26 @@ def _h5_value(kind: str, raw: Any) -> Any:
     return raw
 
 
+# Readers with an open HDF5 file, closed before any fork (see _close_before_fork).
+_OPEN_H5: weakref.WeakSet[LegacyH5Dataset] = weakref.WeakSet()
+
+
+def _close_before_fork() -> None:
+    """Close every open 1.0.4-layout file: no HDF5 handle is inherited through fork.
+
+    A forked DataLoader worker that inherits an open h5py file drops it when
+    it reopens the file, which runs HDF5's close in the child on the
+    parent's library state (file locks shared with the parent, caches, ids).
+    Closing in the parent first leaves the child nothing to release; the
+    parent reopens the file on its next read.
+    """
+    for reader in list(_OPEN_H5):
+        reader.close()
+
+
+os.register_at_fork(before=_close_before_fork)
+
+
 class LegacyH5Dataset(_LazyReader):
     """Reader of the h5record 1.0.4 layout: one HDF5 dataset per field.
 
@@ -199,8 +222,10 @@ class LegacyH5Dataset(_LazyReader):
             (name, str(self._file[name].attrs["kind"]), self._file[name]) for name in names
         ]
         self._n_rows = int(self._file.attrs["n_rows"])
+        _OPEN_H5.add(self)
 
     def _close_handles(self) -> None:
+        _OPEN_H5.discard(self)
         file = getattr(self, "_file", None)
         if file is not None and self._pid == os.getpid():
             file.close()
