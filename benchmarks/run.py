@@ -15,7 +15,10 @@ Markdown tables:
    read speed against the memory map;
 4. cold: the same reads with the files evicted from the page cache, set
    beside the device's random-read limits measured in the same run
-   (:mod:`benchmarks.cold`).
+   (:mod:`benchmarks.cold`);
+5. write: write speed beside a sequential write of the same bytes, the
+   memmap baseline and LMDB, writer memory, commit and close costs, and
+   appends (:mod:`benchmarks.write`).
 
 ``python -m benchmarks.run --quick`` is the small version that ``make demo``
 runs; ``python -m benchmarks.run`` the full one. Every figure is a median of
@@ -40,7 +43,7 @@ import numpy as np
 import h5record
 from h5record import H5Dataset, H5Writer, codecs
 
-from . import cold, harness, workloads
+from . import cold, harness, workloads, write
 from .baselines import FlatMemmapDataset, LegacyH5Dataset
 from .harness import Table
 from .workloads import SCHEMAS
@@ -225,6 +228,60 @@ def _goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
             "RSS growth at open <= 10 MB at 1e8 rows",
             at_most(("cold", "synthetic", cold.H5), "rss_open_MB"),
             -10,
+        ),
+        *_write_goals(),
+    ]
+
+
+def _write_goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
+    """The write goals of issue 9, on the figures of :mod:`benchmarks.write`."""
+
+    def w(name: str, system: str, metric: str) -> Callable[[dict], float]:
+        return lambda r: r[("write", name, system)][metric]
+
+    def peak_rss(r: dict) -> float:
+        peaks = [
+            v["peak_MB"]
+            for k, v in r.items()
+            if k[0] in ("write rss", "write scale") and k[2] in (write.H5_ROW, write.H5_BATCH)
+        ]
+        if not peaks:
+            raise KeyError("write rss")
+        return -max(peaks)
+
+    def append_growth(r: dict) -> float:
+        small, large = r[("write append", 1_000_000)], r[("write append", 10_000_000)]
+        return -large["append_s"] / small["append_s"]
+
+    row, batch = write.H5_ROW, write.H5_BATCH
+    return [
+        ("images (16 KB rows) write >= 0.8x sequential write", w("images", row, "x_seq"), 0.8),
+        (
+            "images (16 KB rows) write_batch >= 0.8x sequential write",
+            w("images", batch, "x_seq"),
+            0.8,
+        ),
+        (
+            "16 KB rows larger than the page cache: write >= 0.8x sequential write",
+            lambda r: r[("write scale", "images", row)]["x_seq"],
+            0.8,
+        ),
+        ("images write >= 1.0x baseline (b) + fsync", w("images", row, "x_memmap"), 1.0),
+        ("tokens write >= 1.0x baseline (b) + fsync", w("tokens", row, "x_memmap"), 1.0),
+        ("images write faster than LMDB", w("images", row, "x_lmdb"), 1.0),
+        ("tokens write faster than LMDB", w("tokens", row, "x_lmdb"), 1.0),
+        ("text write rows/s >= 1,000,000 (row by row)", w("text", row, "rows_s"), 1e6),
+        ("text write_batch rows/s >= 3,000,000", w("text", batch, "rows_s"), 3e6),
+        ("writer peak RSS <= 1,000 MB", peak_rss, -1000),
+        (
+            "append 100k rows to 10M rows <= 1.25x the time for 1M rows",
+            append_growth,
+            -1.25,
+        ),
+        (
+            "append 100k rows to 1M rows <= 1.5x writing them to a new file",
+            lambda r: -r[("write append", 1_000_000)]["x_new_file"],
+            -1.5,
         ),
     ]
 
@@ -617,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes, about five minutes on 2 cores"
     )
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
-    parser.add_argument("--sections", default="core,compression,memory,cold")
+    parser.add_argument("--sections", default="core,compression,memory,cold,write")
     parser.add_argument("--dir", default=None, help="folder for temporary files")
     parser.add_argument(
         "--compression-scale",
@@ -682,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
             speed.print()
         if "cold" in sections:
             cold.run(loaded, folder, quick, results)
+        if "write" in sections:
+            write.run(loaded, folder, quick, results)
         check_goals(results).print()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
