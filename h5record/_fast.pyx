@@ -59,6 +59,15 @@ cdef extern from *:
     unsigned long long ZSTD_getFrameContentSize(const void* src, size_t size) nogil
     unsigned ZSTD_isError(size_t code) nogil
 
+
+cdef inline int64_t frame_bound(int64_t size) noexcept nogil:
+    """The most a zstd frame of ``size`` bytes can decompress to, whatever it declares.
+
+    A block holds at most 128 KiB and takes at least 4 bytes (a 3-byte header
+    and the one byte of an RLE block).
+    """
+    return (size // 4 + 1) * (128 << 10)
+
 from h5record.errors import FormatError
 
 cnp.import_array()
@@ -561,7 +570,8 @@ cdef class RawField(FieldReader):
     cdef int locate(self, int64_t i) except -1:
         cdef const uint8_t* p
         if self.variable:
-            if read_bounds(&self.offsets, i, &self.lo, &self.hi) < 0:
+            # Checked before anything is sized by the row's length.
+            if read_bounds(&self.offsets, i, &self.lo, &self.hi) < 0 or self.hi > self.values.length:
                 raise self.damaged(i)
             p = paged_addr(&self.values, self.lo)
             if p != NULL:
@@ -732,6 +742,8 @@ cdef class ZstdField(FieldReader):
             raise MemoryError()
         if zstd.get("dictionary") is not None:
             dictionary = zstd["dictionary"]
+            if dictionary.shape[0] == 0:
+                raise FormatError(f"field {self.name!r}: the stored zstd dictionary is empty")
             self.ddict = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
             if self.ddict == NULL:
                 raise FormatError(f"field {self.name!r}: the stored zstd dictionary is invalid")
@@ -776,11 +788,15 @@ cdef class ZstdField(FieldReader):
         if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
             raise self.damaged(j * R)
         size = <int64_t>content
+        r = min(R, self.n_rows - j * R)
+        # The declared size is checked before it is allocated: against the block's
+        # rows, and against what a frame of this many bytes can produce at most.
+        if (size < 4 * r if self.variable else size != r * self.eb) or size > frame_bound(c1 - c0):
+            raise self.damaged(j * R)
         self.grow(&self.cache, &self.cache_cap, size)
         with nogil:
             got = decompress_frame(self.dctx, self.ddict, src, c1 - c0, self.cache, size)
-        r = min(R, self.n_rows - j * R)
-        if got != size or (self.variable and 4 * r > size):
+        if got != size:
             raise self.damaged(j * R)
         if self.variable:
             if r + 1 > self.starts_cap:
@@ -1511,7 +1527,8 @@ def build_blocks(const uint8_t[::1] flat, const int64_t[::1] offsets, int64_t ro
             memcpy(dst + pos, &length, 4)
             pos += 4
         nbytes = (offsets[last] - offsets[first]) * elem_bytes
-        memcpy(dst + pos, &flat[0] + offsets[first] * elem_bytes, nbytes)
+        if nbytes:  # rows all empty: flat may have no element 0 to point at
+            memcpy(dst + pos, &flat[0] + offsets[first] * elem_bytes, nbytes)
         pos += nbytes
         seg[2 * b + 1] = pos - seg[2 * b]
     return out, segments

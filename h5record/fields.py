@@ -779,8 +779,12 @@ class Schema:
         try:
             obj = json.loads(text)
             entries = obj["fields"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SchemaError(f"schema attribute is not valid schema JSON: {text[:200]!r}") from exc
+            if not isinstance(entries, list):
+                raise TypeError(f"'fields' is a {type(entries).__name__}, not a list")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise SchemaError(
+                f"schema attribute is not valid schema JSON: {str(text)[:200]!r} ({exc})"
+            ) from exc
         return cls(field_from_json(e) for e in entries)
 
     def __iter__(self):  # type: ignore[no-untyped-def]

@@ -84,8 +84,25 @@ def _int_attr(f: h5py.File, name: str, path: str) -> int:
         raise FormatError(f"{path}: attribute {name!r} must be an integer, got {value!r}") from None
 
 
+# What h5py raises when HDF5 meets a damaged object header, attribute or tree
+# (a group where a dataset belongs, say): the file is damaged, not the caller wrong.
+_HDF5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError)
+
+
 def read_layout(path: str) -> FileLayout:
     """Read a file's metadata; raise FormatError if it is not a valid h5record file."""
+    try:
+        return _read_layout(path)
+    except (FormatError, FileNotFoundError):
+        raise
+    except _HDF5_ERRORS as exc:
+        raise FormatError(
+            f"{path}: the file's metadata cannot be read ({type(exc).__name__}: {exc}); "
+            "the file is damaged"
+        ) from exc
+
+
+def _read_layout(path: str) -> FileLayout:
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
@@ -116,7 +133,16 @@ def read_layout(path: str) -> FileLayout:
         layout = FileLayout(path, schema, num_rows, version, os.path.getsize(path))
         layout.checksums = checked
         for fld in schema:
-            layout.fields.append(_field_layout(f, fld, num_rows, layout.file_size, path))
+            try:
+                fl = _field_layout(f, fld, num_rows, layout.file_size, path)
+            except FormatError:
+                raise
+            except _HDF5_ERRORS as exc:
+                raise FormatError(
+                    f"{path}: field {fld.name!r}: its datasets cannot be read "
+                    f"({type(exc).__name__}: {exc}); the file is damaged"
+                ) from exc
+            layout.fields.append(fl)
     return layout
 
 
@@ -129,11 +155,17 @@ def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -
         offsets = f[spec.field_path(fld.name, spec.OFFSETS)] if fld.variable else None
     except KeyError as exc:
         raise FormatError(f"{where}: dataset missing ({exc}); the file is damaged") from exc
-    if values.shape[1:] != fld.element_shape or values.dtype != fld.dtype:
+    if (
+        values.ndim != 1 + len(fld.element_shape)
+        or values.shape[1:] != fld.element_shape
+        or values.dtype != fld.dtype
+    ):
         raise FormatError(
             f"{where}: values have shape {values.shape} and dtype {values.dtype}, "
             f"the schema says (n, {fld.element_shape}) of {fld.dtype}"
         )
+    if offsets is not None and (offsets.ndim != 1 or offsets.dtype != np.int64):
+        raise FormatError(f"{where}: offsets are {offsets.dtype} {offsets.shape}, not 1-D int64")
     if offsets is not None and offsets.shape[0] < n + 1:
         raise FormatError(f"{where}: {offsets.shape[0]} offsets for {n} rows; the file is damaged")
     if offsets is None and values.shape[0] < n:
@@ -143,7 +175,30 @@ def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -
     offsets_paged = None if offsets is None else _paged(f, offsets, 8, file_size, where)
     if offsets_paged is None and offsets is not None:
         raise FormatError(f"{where}: offsets must not be filtered")
-    return FieldLayout(fld, fld.kind, values_paged, offsets_paged, values.shape[0], filtered)
+    values_len = _stored_length(values, values_paged)
+    if offsets_paged is not None:
+        _check_stored(offsets_paged.length, n + 1, "offsets", where)
+    else:
+        _check_stored(values_len, n, "values", where)
+    return FieldLayout(fld, fld.kind, values_paged, offsets_paged, values_len, filtered)
+
+
+def _stored_length(dset: h5py.Dataset, paged: PagedArray | None) -> int:
+    """Elements of a dataset that can hold data: its declared length bounded by its storage."""
+    if paged is not None:
+        return paged.length
+    # Filtered (always chunked): only allocated chunks hold data; counting them
+    # walks HDF5's chunk index once (~0.3 us a chunk).
+    return min(dset.shape[0], dset.id.get_num_chunks() * dset.chunks[0])
+
+
+def _check_stored(stored: int, needed: int, what: str, where: str) -> None:
+    """Refuse declared sizes the file cannot hold, before anything is sized by them."""
+    if stored < needed:
+        raise FormatError(
+            f"{where}: {needed} {what} are needed for the rows declared, but the file "
+            f"holds at most {stored}; the file is damaged or truncated"
+        )
 
 
 def _zstd_layout(f: h5py.File, fld: Field, n: int, file_size: int, where: str) -> FieldLayout:
@@ -151,50 +206,82 @@ def _zstd_layout(f: h5py.File, fld: Field, n: int, file_size: int, where: str) -
     try:
         group = f[spec.FIELDS_GROUP][fld.name]
         values, blocks = group[spec.VALUES], group[spec.BLOCKS]
-        R = int(codec["rows_per_block"])
-        max_block = int(codec["max_block_bytes"])
+        R = _json_int(codec, "rows_per_block")
+        max_block = _json_int(codec, "max_block_bytes")
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(
             f"{where}: zstd field is incomplete ({exc}); the file is damaged"
         ) from exc
     n_blocks = -(-n // R) if R > 0 else -1
-    if R <= 0 or blocks.shape[0] < n_blocks + 1 or values.dtype != np.uint8:
+    if (
+        R <= 0
+        or blocks.shape[0] < n_blocks + 1
+        or values.dtype != np.uint8
+        or values.ndim != 1
+        or blocks.dtype != np.int64
+        or blocks.ndim != 1
+    ):
         raise FormatError(f"{where}: zstd block table does not match {n} rows; damaged")
+    # Every block holds min(R, n) rows but the last: its raw size is known, or
+    # (variable fields) at least its 4-byte row lengths.
+    smallest_block = min(R, n) * (4 if fld.variable else fld.element_bytes)
+    if not smallest_block <= max_block < 1 << 62:
+        raise FormatError(
+            f"{where}: zstd max_block_bytes is {max_block}, but a block of {min(R, n)} rows "
+            f"takes {smallest_block} bytes; the file is damaged"
+        )
     dictionary = None
     if codec.get("dictionary"):
         if spec.DICTIONARY not in group:
             raise FormatError(f"{where}: zstd dictionary missing; the file is damaged")
-        dictionary = group[spec.DICTIONARY][()]
+        stored = group[spec.DICTIONARY]
+        if not isinstance(stored, h5py.Dataset) or stored.dtype != np.uint8 or stored.ndim != 1:
+            raise FormatError(f"{where}: the zstd dictionary is not 1-D uint8; damaged")
+        dictionary = stored[()]
+        if not len(dictionary):
+            raise FormatError(f"{where}: the zstd dictionary is empty; the file is damaged")
     values_paged = _paged(f, values, 1, file_size, where)
     blocks_paged = _paged(f, blocks, 8, file_size, where)
     if values_paged is None or blocks_paged is None:
         raise FormatError(f"{where}: zstd datasets must not carry HDF5 filters")
+    _check_stored(blocks_paged.length, n_blocks + 1, "block offsets", where)
     zstd = {
         "blocks": blocks_paged,
         "rows_per_block": R,
         "max_block_bytes": max_block,
         "dictionary": dictionary,
     }
-    return FieldLayout(fld, fld.kind, values_paged, None, values.shape[0], False, zstd)
+    return FieldLayout(fld, fld.kind, values_paged, None, values_paged.length, False, zstd)
+
+
+def _json_int(obj: dict[str, Any], key: str) -> int:
+    value = obj[key]
+    if type(value) is not int:
+        raise TypeError(f"{key} must be an integer, got {value!r}")
+    return value
 
 
 def _paged(f: h5py.File, dset: h5py.Dataset, elem_bytes: int, file_size: int, where: str):
     """Find the chunk addresses of an unfiltered dataset, or None if filtered."""
     if dset.id.get_create_plist().get_nfilters():
         return None
-    length = dset.shape[0]
+    # A shape is only declared: elements past what the file can store are not
+    # there, and no table is sized by them (an unfiltered chunk takes its whole
+    # size in the file, and a valid file stores its chunks from the first on).
+    length = min(dset.shape[0], file_size // elem_bytes)
     if dset.chunks is None:  # contiguous, e.g. after h5repack
         offset = dset.id.get_offset()
         table = np.array([-1 if offset is None else offset], np.int64)
         return PagedArray(table, max(length, 1), elem_bytes, length)
     chunk_len = dset.chunks[0]
-    n_chunks = -(-length // chunk_len)
+    chunk_bytes = chunk_len * elem_bytes
+    n_chunks = min(-(-length // chunk_len), file_size // chunk_bytes)
+    length = min(length, n_chunks * chunk_len)
     table = _stored_table(f, dset, n_chunks)
     if table is None:
         table = _scan_table(dset, chunk_len, n_chunks)
-    chunk_bytes = chunk_len * elem_bytes
     valid = table >= 0
-    if np.any(table[valid] + chunk_bytes > file_size):
+    if np.any(table[valid] > file_size - chunk_bytes):  # not table + size: it may overflow
         raise FormatError(f"{where}: chunk addresses point past the end of the file; damaged")
     return PagedArray(table, chunk_len, elem_bytes, length)
 
