@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import codecs
+from . import codecs, spec
 from .columns import ARRAY, TEXT, Ragged
 from .errors import RowError, RowTypeError, SchemaError
 
@@ -194,7 +194,8 @@ class Field:
         Field name, unique within a schema.
     compression:
         Codec for this field; ``None`` takes the dataset's default. See
-        :mod:`h5record.codecs`.
+        :mod:`h5record.codecs`. ``"none"`` stores this field uncompressed
+        whatever the default (kept as ``{"id": "none", "requested": "none"}``).
     """
 
     type_name: ClassVar[str] = ""
@@ -207,6 +208,10 @@ class Field:
             raise SchemaError(f"field name must be a non-empty string without '/', got {name!r}")
         self.name = name
         self.codec = None if compression is None else codecs.parse(compression, name)
+        if self.codec == _UNSET_CODEC:
+            # Told apart from a field that set nothing, which a writer stores as
+            # {"id": "none"} alone when the dataset's default is none.
+            self.codec = {"id": spec.CODEC_NONE, "requested": spec.CODEC_NONE}
 
     # -- schema JSON ---------------------------------------------------
     def _extra_json(self) -> dict[str, Any]:
@@ -585,15 +590,40 @@ def _image_array(field: Field, value: Any, row: int | None, frames: bool, copy: 
     return _own(arr, value) if copy else arr
 
 
+def _image_args(
+    cls: type, h: Any, w: Any, c: Any, name: Any, default_name: str
+) -> tuple[Any, Any, Any, Any]:
+    """``(h, w, c, name)`` of an image field, also given name first as for other fields.
+
+    ``Image("img", 224, 224)`` and ``Image("img", 224, 224, 3)`` mean
+    ``Image(224, 224, name="img")`` and ``Image(224, 224, 3, name="img")``.
+    """
+    call = f"{cls.__name__}(name, h, w, c=3) or {cls.__name__}(h, w, c=3, name=...)"
+    if not isinstance(h, str):
+        return h, w, 3 if c is None else c, name
+    if c is None or not (name == default_name or type(name) is int):
+        raise SchemaError(
+            f"{cls.__name__}: got h={h!r}, w={w!r}, c={c!r}, name={name!r}; call it as {call}"
+        )
+    return w, c, 3 if name == default_name else name, h
+
+
 class Image(Field):
-    """A uint8 image of fixed size, stored and read back as (c, h, w)."""
+    """A uint8 image of fixed size, stored and read back as (c, h, w).
+
+    ``Image(h, w, c=3, name="image")``; the name may also come first, as for
+    other fields: ``Image("img", 224, 224)``.
+    """
 
     type_name = "Image"
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, h: int, w: int, c: int = 3, name: str = "image", compression: Any = None):
+    def __init__(
+        self, h: Any, w: Any, c: Any = None, name: Any = "image", compression: Any = None
+    ) -> None:
+        h, w, c, name = _image_args(Image, h, w, c, name, "image")
         super().__init__(name, compression)
-        self.chw = _shape((c, h, w), name)
+        self.chw = _shape((c, h, w), name, "Image(h, w, c=3, name=...)")
         self.element_shape = self.chw
 
     def _extra_json(self) -> dict[str, Any]:
@@ -608,15 +638,22 @@ class Image(Field):
 
 
 class ImageSequence(Field):
-    """Any number of uint8 frames of fixed size; read back as (t, c, h, w)."""
+    """Any number of uint8 frames of fixed size; read back as (t, c, h, w).
+
+    ``ImageSequence(h, w, c=3, name="frames")``, or name first as for other
+    fields: ``ImageSequence("clip", 64, 64)``.
+    """
 
     type_name = "ImageSequence"
     variable = True
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, h: int, w: int, c: int = 3, name: str = "frames", compression: Any = None):
+    def __init__(
+        self, h: Any, w: Any, c: Any = None, name: Any = "frames", compression: Any = None
+    ) -> None:
+        h, w, c, name = _image_args(ImageSequence, h, w, c, name, "frames")
         super().__init__(name, compression)
-        self.chw = _shape((c, h, w), name)
+        self.chw = _shape((c, h, w), name, "ImageSequence(h, w, c=3, name=...)")
         self.element_shape = self.chw
 
     def _extra_json(self) -> dict[str, Any]:
@@ -678,11 +715,14 @@ def _numeric_dtype(dtype: Any, name: str) -> np.dtype:
 MAX_ELEMENT_DIMS = 30
 
 
-def _shape(shape: Iterable[int], name: str) -> tuple[int, ...]:
+def _shape(shape: Iterable[int], name: str, call: str = "") -> tuple[int, ...]:
     try:
         out = tuple(int(s) for s in shape)
     except (TypeError, ValueError) as exc:
-        raise SchemaError(f"field {name!r}: shape must be a tuple of ints, got {shape!r}") from exc
+        hint = f"; call it as {call}" if call else ""
+        raise SchemaError(
+            f"field {name!r}: shape must be a tuple of ints, got {shape!r}{hint}"
+        ) from exc
     if any(s <= 0 for s in out):
         raise SchemaError(f"field {name!r}: shape must be positive, got {out}")
     if len(out) > MAX_ELEMENT_DIMS:
@@ -728,8 +768,16 @@ def field_from_json(obj: Mapping[str, Any]) -> Field:
             field = cls(name)  # type: ignore[call-arg]
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"invalid field entry in schema: {obj!r}") from exc
-    field.codec = codecs.parse(codec, field.name) if codec else None
+    parsed = codecs.parse(codec, field.name) if codec else None
+    # {"id": "none"} alone is what a field that set no codec is stored with:
+    # read back as unset, a schema taken from a file follows the default of
+    # the writer it is given to (FORMAT.md, section 5).
+    field.codec = None if parsed == _UNSET_CODEC else parsed
     return field
+
+
+# The stored codec of a field that took a dataset default of no compression.
+_UNSET_CODEC = {"id": spec.CODEC_NONE}
 
 
 class Schema:

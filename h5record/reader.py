@@ -110,6 +110,14 @@ def _read_layout(path: str) -> FileLayout:
     except OSError as exc:
         raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
     with f:
+        if spec.ATTR_FORMAT not in f.attrs:
+            from .convert.legacy import looks_like_1_0_4
+
+            if looks_like_1_0_4(f):
+                raise FormatError(
+                    f"{path}: an h5record 1.0.4 file (one HDF5 dataset a field), which this "
+                    f"version reads after conversion: h5record convert {path} NEW.h5"
+                )
         if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
             raise FormatError(f"{path}: not an h5record file")
         version = _int_attr(f, spec.ATTR_VERSION, path)

@@ -457,8 +457,12 @@ class H5Writer:
         schema is used; if given, it must match the file's.
     compression:
         Default codec of every field that sets none: ``None``, ``'lzf'``,
-        ``'gzip'``, ``('gzip', level)``. A file that is continued keeps its
-        own codecs.
+        ``'gzip'``, ``('gzip', level)``, ``'zstd'`` or a
+        :func:`h5record.codecs.zstd` config (a zstd default leaves scalar
+        fields raw). Fields of a schema read from a file keep the codec they
+        were stored with, but for those stored uncompressed only because
+        that was the default: they take this one. A file that is continued
+        keeps its own codecs.
     overwrite:
         Replace an existing file at ``path`` on close (default: refuse), and
         discard a ``<path>.partial`` left by an interrupted write.

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from h5record import Bytes, H5Dataset, Integer, RowError, Sequence, String
+from h5record import Bytes, FormatError, H5Dataset, Integer, RowError, Sequence, String
 from h5record.convert import convert, detect_format
 from h5record.convert.legacy import looks_like_1_0_4
 
@@ -162,6 +162,8 @@ def test_h5record_1_0_4_files(tmp_path):
     _legacy(src, 50)
     with h5py.File(src, "r") as f:
         assert looks_like_1_0_4(f)
+    with pytest.raises(FormatError, match=r"1\.0\.4 file.*h5record convert"):
+        H5Dataset(src)
     assert convert(src, out, batch_rows=16, progress=False) == 50
     with h5py.File(out, "r") as f:
         assert not looks_like_1_0_4(f)

@@ -71,7 +71,7 @@ def test_schema_json_round_trip_of_any_schema(fields):
             b.element_shape,
             b.variable,
         )
-        assert a.codec == (b.codec or {"id": "none"})
+        assert a.codec == b.codec
     # Dtypes are numpy strings with explicit byte order (FORMAT.md, section 3).
     for entry in json.loads(text)["fields"]:
         assert set(entry) >= {"name", "type", "codec"}
@@ -480,3 +480,31 @@ def test_read_image_and_gif(tmp_path):
     assert [int(f.mean()) for f in gif] == [0, 128, 255]
     with pytest.raises(SchemaError, match="1, 3 or 4 channels"):
         Image(4, 4, c=2).read_image(str(tmp_path / "a.png"))
+
+
+def test_image_fields_take_the_name_first_too():
+    assert Image("img", 224, 224) == Image(224, 224, name="img")
+    assert Image("img", 32, 24, 1).element_shape == (1, 32, 24)
+    assert ImageSequence("clip", 8, 6).to_json() == ImageSequence(8, 6, name="clip").to_json()
+    assert Image(5, 4).name == "image" and Image(5, 4).element_shape == (3, 5, 4)
+    with pytest.raises(SchemaError, match=r"call it as Image\(name, h, w, c=3\)"):
+        Image("img", 224)  # no width
+    with pytest.raises(SchemaError, match=r"call it as Image\(name, h, w"):
+        Image("img", 224, 224, name="other")
+    with pytest.raises(SchemaError, match=r"call it as Image\(h, w, c=3, name=...\)"):
+        Image(224, "img", 224)
+
+
+def test_codec_none_read_back_tells_a_default_from_a_choice():
+    # {"id": "none"} alone is what a field that set no codec is stored with: unset
+    # again when read back, so that a schema reused with another default follows it.
+    unset, chosen = String("a"), String("b", compression="none")
+    assert unset.to_json()["codec"] == {"id": "none"}
+    assert chosen.to_json()["codec"] == {"id": "none", "requested": "none"}
+    again = Schema.from_json(Schema([unset, chosen]).to_json())
+    assert again["a"].codec is None
+    assert again["b"].codec == {"id": "none", "requested": "none"}
+    stored_raw = field_from_json(
+        {"name": "j", "type": "Bytes", "codec": {"id": "none", "requested": "zstd"}}
+    )
+    assert stored_raw.codec == {"id": "none", "requested": "zstd"}

@@ -518,3 +518,27 @@ def test_progress_bar_reports_rows(tmp_path, capsys):
             w.write(_row(i))
     err = capsys.readouterr().err
     assert "writing p.h5" in err and "100%" in err and "rows/s" in err and "MB/s" in err
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_schema_of_a_file_follows_the_next_writers_compression(tmp_path, compression):
+    rows = {"t": ["the same words again and again"] * 2000, "n": list(range(2000))}
+    raw_path, packed_path = tmp_path / "raw.h5", tmp_path / "packed.h5"
+    small = {"progress": False, "chunk_bytes": 4096}  # storage sizes follow the data
+    with H5Writer(raw_path, [String("t"), Integer("n")], **small) as w:
+        w.write_batch(rows)
+    with H5Writer(packed_path, H5Dataset(raw_path).schema, compression=compression, **small) as w:
+        w.write_batch(rows)
+    packed = H5Dataset(packed_path)
+    assert packed.schema["t"].codec["id"] == compression
+    with h5py.File(raw_path) as raw, h5py.File(packed_path) as f:
+        stored = f["fields/t/values"].id.get_storage_size()
+        assert stored < raw["fields/t/values"].id.get_storage_size() / 4
+    assert packed[1999] == {"t": rows["t"][0], "n": 1999}
+    # A field stored raw by choice stays raw.
+    with H5Writer(raw_path, [String("t", compression="none"), Integer("n")], overwrite=True) as w:
+        w.write_batch(rows)
+    again = tmp_path / "again.h5"
+    with H5Writer(again, H5Dataset(raw_path).schema, compression=compression) as w:
+        w.write_batch(rows)
+    assert H5Dataset(again).schema["t"].codec == {"id": "none", "requested": "none"}
