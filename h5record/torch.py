@@ -8,7 +8,7 @@ PyTorch then fetches each batch with one ``__getitems__`` call, and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ class Collate:
     Numeric fields become tensors of shape (batch, ...); variable-length
     numeric fields are padded to the longest row with ``pad_value`` and
     come with ``<name><lengths_suffix>`` (int64 lengths); String and Bytes
-    fields stay lists.
+    fields stay lists. Rows that a ``transform`` turned into something other
+    than dicts (an ``(image, label)`` tuple, say) are collated by
+    ``torch.utils.data.default_collate``.
 
     Parameters
     ----------
@@ -31,22 +33,38 @@ class Collate:
         Value that fills the tail of shorter sequences.
     lengths_suffix:
         Key suffix of the lengths tensor of each padded field.
+    tensors:
+        ``True`` (default): numeric columns of an h5record batch become
+        tensors. ``False``: they stay numpy arrays. ``"auto"``: arrays of
+        1 MiB or more become tensors, smaller ones stay arrays, which cross
+        from DataLoader workers faster (:class:`DataLoader` uses this and
+        makes them tensors in the main process). Rows changed by a
+        ``transform`` always give tensors.
     """
 
     def __init__(
-        self, pad_value: float = 0, lengths_suffix: str = "_lengths", tensors: bool = True
+        self,
+        pad_value: float = 0,
+        lengths_suffix: str = "_lengths",
+        tensors: bool | Literal["auto"] = True,
     ) -> None:
+        if tensors not in (True, False, "auto"):
+            raise ValueError(f"tensors must be True, False or 'auto', got {tensors!r}")
         self.pad_value = pad_value
         self.lengths_suffix = lengths_suffix
         self.tensors = tensors
 
-    def __call__(self, batch: Any) -> dict[str, Any]:
+    def __call__(self, batch: Any) -> Any:
         if isinstance(batch, Batch):
             return self._from_batch(batch)
         if isinstance(batch, Sequence) and batch and isinstance(batch[0], Mapping):
             return self._from_rows(batch)
+        if isinstance(batch, Sequence) and batch:
+            # Rows a transform made tuples, arrays or tensors (torchvision's habit).
+            return torch.utils.data.default_collate(list(batch))
         raise TypeError(
-            f"collate expects an h5record Batch or a list of row dicts, got {type(batch).__name__}"
+            "collate expects an h5record Batch or a non-empty list of rows, "
+            f"got {type(batch).__name__}"
         )
 
     def _pad_bytes(self, dtype: np.dtype, element_shape: tuple[int, ...]) -> bytes:
@@ -172,7 +190,7 @@ class DataLoader(torch.utils.data.DataLoader):
     same dicts of tensors and lists as ``collate`` gives.
 
     Takes every ``torch.utils.data.DataLoader`` argument; ``collate_fn``
-    defaults to ``Collate(tensors="auto")``.
+    defaults to ``Collate(tensors="auto")`` (see :class:`Collate`).
     """
 
     def __init__(self, dataset: Any, *args: Any, collate_fn: Any = None, **kwargs: Any) -> None:

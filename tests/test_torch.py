@@ -325,3 +325,31 @@ def test_h5record_dataloader_in_process_and_zstd_fields(tmp_path):
             n = i % 9
             assert b["tok_lengths"][j] == n
             assert b["tok"][j, :n].tolist() == [i] * n and torch.all(b["tok"][j, n:] == 0)
+
+
+def image_and_label(row: dict) -> tuple:
+    """torchvision's habit: a transform that returns (input, target)."""
+    return row["tok"].astype(np.float32)[:1].sum(keepdims=True), row["id"]
+
+
+def test_collate_of_rows_that_are_not_dicts(path):
+    ds = H5Dataset(path, transform=image_and_label)
+    x, y = h5record.collate(ds[[3, 4, 5]])
+    assert y.tolist() == [3, 4, 5] and x.shape == (3, 1) and x.dtype == torch.float32
+    pairs = H5Dataset(path, transform=lambda row: (row["id"], row["y"]))
+    ids, ys = h5record.collate([pairs[i] for i in range(4)])
+    assert ids.tolist() == [0, 1, 2, 3] and ys.dtype == torch.float64
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_with_a_transform_that_returns_tuples(path, num_workers):
+    ds = H5Dataset(path, transform=image_and_label)
+    loader = h5record.DataLoader(ds, batch_size=64, num_workers=num_workers)
+    labels = torch.cat([y for _, y in loader])
+    assert labels.tolist() == list(range(N))
+
+
+def test_collate_tensors_option():
+    assert h5record.Collate(tensors="auto").tensors == "auto"
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        h5record.Collate(tensors="yes")
