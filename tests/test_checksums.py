@@ -34,7 +34,7 @@ from h5record.verify import verify_file
 from tests.strategies import assert_row_equal, expected_row, schema_and_rows
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
-import fixture_v1  # noqa: E402
+import fixture_v1
 
 
 def spec_check(path) -> int:
@@ -273,7 +273,7 @@ def test_a_flipped_bit_is_found_by_verify_and_the_command(tmp_path, clean, datas
     shutil.copy(clean, path)
     flip(path, dataset)
     with H5Dataset(path, verify=True) as ds, pytest.raises(FormatError) as err:
-        ds[np.arange(len(ds))].columns  # noqa: B018
+        ds[np.arange(len(ds))].columns
     assert str(path) in str(err.value) and f"field {field!r}" in str(err.value)
     assert "checksum" in str(err.value) or "damaged" in str(err.value)
     report = verify_file(str(path))
