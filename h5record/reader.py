@@ -115,8 +115,8 @@ def _read_layout(path: str) -> FileLayout:
 
             if looks_like_1_0_4(f):
                 raise FormatError(
-                    f"{path}: an h5record 1.0.4 file (one HDF5 dataset a field), which this "
-                    f"version reads after conversion: h5record convert {path} NEW.h5"
+                    f"{path}: not an h5record file, but laid out as an h5record 1.0.4 file "
+                    f"(one HDF5 dataset a field); convert it with: h5record convert {path} NEW.h5"
                 )
         if _attr(f, spec.ATTR_FORMAT, path) != spec.FORMAT_NAME:
             raise FormatError(f"{path}: not an h5record file")
