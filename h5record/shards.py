@@ -341,11 +341,12 @@ class ShardedDataset:
         """Fetch many rows at once (PyTorch calls this for each batch)."""
         idx = self.rows_index(indices)
         # Each shard asks the disk for its rows' byte ranges (its cold-read
-        # stage) before anything is decoded.
+        # stage), and checks their checksums when opened with verify=True,
+        # before anything is decoded.
         local, begin = split_by_shard(idx, self._starts)
         for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
             if b1 > b0:
-                self.shards[s]._open().prefetch(local[b0:b1])
+                self.shards[s].checked_rows(local[b0:b1])
         batch = Batch(self, idx)  # type: ignore[arg-type]
         if self.transform is None:
             return batch

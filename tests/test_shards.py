@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,21 @@ def test_a_schema_list_is_still_the_1_0_4_form(tmp_path):
     ds = H5Dataset([Integer("x"), Sequence("s")], str(path), iter([{"x": 1, "s": [1]}]))
     assert not isinstance(ds, ShardedDataset) and ds[0]["x"] == 1
     assert isinstance(H5Dataset(str(path)), H5Dataset)
+
+
+def test_verify_checks_the_rows_of_every_shard(tmp_path):
+    schema = [String("t"), Integer("i")]
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"v{k}.h5"
+        with H5Writer(p, schema, progress=False) as w:
+            w.write_batch({"t": [f"row {k}-{j}" for j in range(50)], "i": list(range(50))})
+        paths.append(str(p))
+    raw = bytearray(Path(paths[1]).read_bytes())
+    at = raw.find(b"row 1-7")
+    raw[at + 4] ^= 0x01  # 'row 1-7' -> 'row 0-7': valid text, wrong bytes
+    Path(paths[1]).write_bytes(bytes(raw))
+    ds = H5Dataset(paths, verify=True)
+    assert ds[[0, 1]].to_list() == [{"t": "row 0-0", "i": 0}, {"t": "row 0-1", "i": 1}]
+    with pytest.raises(FormatError, match="v1.h5"):
+        ds[[3, 57]].to_list()
