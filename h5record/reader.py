@@ -649,7 +649,13 @@ class H5Column:
             if self._chunks is None:
                 self._chunks = _chunk_index(values, chunk_len, -(-values.shape[0] // chunk_len))
         table, sizes = self._chunks
-        ranges = [np.arange(a // chunk_len, (b - 1) // chunk_len + 1) for a, b in runs if b > a]
+        # Damaged offsets are the read's to report: prefetching skips them.
+        length = len(table) * chunk_len
+        ranges = [
+            np.arange(a // chunk_len, (b - 1) // chunk_len + 1)
+            for a, b in runs
+            if 0 <= a < b <= length
+        ]
         chunks = np.unique(np.concatenate(ranges)) if ranges else np.empty(0, np.int64)
         chunks = chunks[chunks < len(table)]
         chunks = chunks[table[chunks] >= 0]
