@@ -257,10 +257,13 @@ class H5Dataset:
             if not isinstance(indices, range)
             else np.arange(indices.start, indices.stop, indices.step)
         )
-        # Every byte range of the batch is requested from the disk before any
-        # decoding, when the file is not in the page cache (no-op when warm).
-        decoder.prefetch(idx)
+        self.fetch(idx)
         return idx
+
+    def fetch(self, idx: np.ndarray) -> None:
+        """Get checked rows ready to decode: every byte range they need is asked of
+        the disk at once when the file is not in the page cache (no-op when warm)."""
+        self._open().prefetch(idx)
 
     def _mixed_row(self, i: int) -> dict[str, Any]:
         decoder = self._open()
@@ -358,11 +361,10 @@ class _VerifiedDataset(H5Dataset):
                 self._verifier.check_rows(np.array([int(index) % n], np.int64))
         return super().__getitem__(index)
 
-    def checked_rows(self, indices: Iterable[int]) -> np.ndarray:
-        idx = super().checked_rows(indices)
+    def fetch(self, idx: np.ndarray) -> None:
+        super().fetch(idx)
         if self._verifier is not None:
             self._verifier.check_rows(idx)
-        return idx
 
     def close(self) -> None:
         if self._verifier is not None:

@@ -346,7 +346,7 @@ class ShardedDataset:
         local, begin = split_by_shard(idx, self._starts)
         for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
             if b1 > b0:
-                self.shards[s].checked_rows(local[b0:b1])
+                self.shards[s].fetch(local[b0:b1])
         batch = Batch(self, idx)  # type: ignore[arg-type]
         if self.transform is None:
             return batch
