@@ -29,7 +29,7 @@ from ._version import __version__
 from .checksums import FieldSums, metadata_hash
 from .commit import CommitFile, fsync_dir, journal_path, recover, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
-from .fields import Field, Schema, String
+from .fields import Field, Schema, Sequence, String
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
 FLUSH_BYTES = 16 << 20
@@ -142,6 +142,50 @@ class _Column:
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return codec
+
+
+class _Staged:
+    """The values of a Sequence field's rows, copied into one buffer as they arrive.
+
+    The field's converter copies every row (the caller may refill its array)
+    and a flush then joined the copies: two copies of every value. Here each
+    row is copied once, into a buffer that flushes reuse. A row that a later
+    field rejects was copied already: the next row, which gets the same row
+    index, or the flush drops it.
+    """
+
+    def __init__(self, field: Sequence) -> None:
+        self.field = field
+        self.buf = np.empty(0, field.dtype)
+        self.used = 0
+        self.last = -1  # row index of the last row copied
+        self.last_start = 0
+        self.lent = False  # a flush is writing buf[:used] out
+
+    def convert(self, value: Any, index: int) -> np.ndarray:
+        arr = self.field.convert(value, index, copy=False)
+        if index == self.last:  # that row was rejected by another field
+            self.used = self.last_start
+        if self.lent:  # still being written (an error interrupted a flush)
+            self.buf = np.empty(len(self.buf), self.buf.dtype)
+            self.lent = False
+        start = self.used
+        end = start + len(arr)
+        if end > len(self.buf):
+            grown = np.empty(max(end, 2 * len(self.buf), 1 << 16), self.buf.dtype)
+            grown[:start] = self.buf[:start]
+            self.buf = grown
+        self.buf[start:end] = arr
+        self.used, self.last, self.last_start = end, index, start
+        return arr
+
+    def take(self, accepted: int) -> np.ndarray:
+        """The values of the rows before row index ``accepted``, lent until the flush ends."""
+        if self.last >= accepted:  # the last row copied was rejected
+            self.used = self.last_start
+        flat = self.buf[: self.used]
+        self.used, self.last, self.lent = 0, -1, True
+        return flat
 
 
 class _ChunkAppender:
@@ -594,13 +638,23 @@ class H5Writer:
         self._names = self.schema.names
         self._name_set = frozenset(self._names)
         self._fields = self.schema.fields
+        # Sequence rows copied once as they arrive (zstd columns keep parts
+        # across flushes, so they keep the converter's own copies).
+        self._stages = {
+            k: _Staged(f)
+            for k, (f, c) in enumerate(zip(self._fields, self._columns, strict=True))
+            if isinstance(f, Sequence) and isinstance(c, _Column)
+        }
         self._packer = RowPacker(
             tuple(self._names),
             [_pack_code(f) for f in self._fields],
             [_int_bounds(f)[0] for f in self._fields],
             [_int_bounds(f)[1] for f in self._fields],
             [_float_max(f) for f in self._fields],
-            tuple(f.convert for f in self._fields),
+            tuple(
+                self._stages[k].convert if k in self._stages else f.convert
+                for k, f in enumerate(self._fields)
+            ),
             [c.rows for c in self._columns],
         )
         self._packer.rows = self._committed_rows
@@ -788,11 +842,15 @@ class H5Writer:
         """Turn per-row buffers into one column part per field."""
         if not self._packer.pending_rows:
             return
-        for column in self._columns:
+        for k, column in enumerate(self._columns):
             rows = column.rows
             field = column.field
             if field.variable:
-                flat = _join_rows(rows, field)
+                stage = self._stages.get(k)
+                if stage is not None:
+                    flat = stage.take(self._packer.rows)
+                else:
+                    flat = _join_rows(rows, field)
                 lens = np.fromiter(map(len, rows), np.int64, len(rows))
             else:
                 flat = np.asarray(rows, dtype=field.dtype).reshape(
@@ -843,6 +901,8 @@ class H5Writer:
                     column.flush()
         except Exception as exc:
             self._raise_io_error(exc)
+        for stage in self._stages.values():
+            stage.lent = False  # written out: the buffer is free again
         self._io.check()
         self._bytes_written += written
         self._packer.pending_bytes = 0
