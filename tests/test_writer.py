@@ -542,3 +542,35 @@ def test_schema_of_a_file_follows_the_next_writers_compression(tmp_path, compres
     with H5Writer(again, H5Dataset(raw_path).schema, compression=compression) as w:
         w.write_batch(rows)
     assert H5Dataset(again).schema["t"].codec == {"id": "none", "requested": "none"}
+
+
+def test_sequence_rows_rejected_by_a_later_field_and_a_reused_array(tmp_path, monkeypatch):
+    # Sequence rows are copied into one buffer as they arrive: a row that a
+    # later field rejects must not shift the rows after it, and a caller
+    # refilling one array for every row must not change the rows written.
+    monkeypatch.setattr(h5record.writer, "FLUSH_ROWS", 50)
+    path = tmp_path / "f.h5"
+    schema = [Sequence("tokens", dtype="int32"), Integer("label", dtype="int8")]
+    buf = np.zeros(6, np.int32)
+    expected = []
+    with H5Writer(path, schema, progress=False, chunk_bytes=64) as w:
+        for i in range(400):
+            buf[:] = i
+            tokens = buf[: i % 6]
+            if i % 7 == 3:
+                with pytest.raises(RowError, match="label"):
+                    w.write({"tokens": tokens, "label": 1000})
+                if i % 49 != 3:
+                    continue  # otherwise the rejected row is the last before a flush
+                w.flush()
+                continue
+            w.write({"tokens": tokens, "label": i % 100})
+            expected.append((np.full(i % 6, i, np.int32), i % 100))
+            if i == 200:
+                w.commit()
+    ds = H5Dataset(path)
+    assert len(ds) == len(expected)
+    for k, (tokens, label) in enumerate(expected):
+        row = ds[k]
+        np.testing.assert_array_equal(row["tokens"], tokens)
+        assert row["label"] == label
