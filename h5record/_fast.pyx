@@ -1182,7 +1182,16 @@ def join_readers(list decoders, const int64_t[::1] starts):
     cdef Decoder first = decoders[0]
     readers = [ShardedField([(<Decoder>d).readers[k] for d in decoders], starts)
                for k in range(first.n_fields)]
-    return Decoder(starts[len(decoders)], readers)
+    cdef Decoder joined = Decoder(starts[len(decoders)], readers)
+    cdef Py_ssize_t s, n = len(decoders)
+    joined.shard_starts = <int64_t*>malloc((n + 1) * sizeof(int64_t))
+    if joined.shard_starts == NULL:
+        raise MemoryError()
+    for s in range(n + 1):
+        joined.shard_starts[s] = starts[s]
+    joined.n_shards = n
+    joined.shard_decoders = list(decoders)
+    return joined
 
 
 # -- the Decoder: a row, a column, and the cold stage over a set of field readers ----------
@@ -1225,6 +1234,11 @@ cdef class Decoder:
     cdef Spans spans
     cdef int cold_batches, cold_rows, row_countdown, warm_streak, warm_skip
     cdef int64_t last_row, ahead_until
+    # A Decoder over shards (join_readers): single rows go to the shard's own
+    # decoder, which keeps its cold-read policy.
+    cdef list shard_decoders
+    cdef int64_t* shard_starts
+    cdef Py_ssize_t n_shards
 
     def __init__(self, int64_t n_rows, list fields, memory_map=None):
         cdef const uint8_t[::1] view
@@ -1256,6 +1270,7 @@ cdef class Decoder:
     def __dealloc__(self):
         free(self.io)
         free(self.spans.data)
+        free(self.shard_starts)
 
     def owned(self):
         """Whether the calling thread is the one that made this Decoder."""
@@ -1280,11 +1295,19 @@ cdef class Decoder:
 
     def row(self, int64_t i):
         """Decode row ``i`` (negative counts from the end) into a dict."""
+        cdef Py_ssize_t s
+        self._own()
+        i = self._check_row(i)
+        if self.shard_decoders is not None:
+            s = shard_of(self.shard_starts, self.n_shards, i)
+            return (<Decoder>self.shard_decoders[s]).decode_row(i - self.shard_starts[s])
+        return self.decode_row(i)
+
+    cdef dict decode_row(self, int64_t i):
+        """Row ``i``, checked, as a dict."""
         cdef Py_ssize_t k
         cdef dict out = {}
         cdef FieldReader reader
-        self._own()
-        i = self._check_row(i)
         if self.map_base != NULL:
             self._row_prefetch(i)
         # Random rows miss the CPU caches: touch every field's index entry, then
@@ -1422,6 +1445,8 @@ cdef class Decoder:
         cdef int64_t sample[SAMPLE_ROWS]
         cdef Py_ssize_t m = min(n, SAMPLE_ROWS)
         self._own()
+        if self.shard_decoders is not None and n:
+            return self._prefetch_shards(idx)
         if self.map_base == NULL or n == 0:
             return False
         if self.cold_batches > 0:
@@ -1441,6 +1466,17 @@ cdef class Decoder:
             self.cold_batches = COLD_BATCHES
         self._fetch(&idx[0], n)
         return True
+
+    cdef bint _prefetch_shards(self, const int64_t[::1] idx) except -1:
+        """Each shard's decoder prefetches its own rows of the batch."""
+        cdef Py_ssize_t s
+        cdef bint fetched = False
+        grouped, begin, _, _ = group_rows(idx, self.shard_starts, self.n_shards)
+        cdef const int64_t[::1] bg = begin
+        for s in range(self.n_shards):
+            if bg[s + 1] > bg[s]:
+                fetched |= (<Decoder>self.shard_decoders[s]).prefetch(grouped[bg[s]:bg[s + 1]])
+        return fetched
 
     cdef int _row_prefetch(self, int64_t i) except -1:
         """The single-row policy: test residency every ROW_CHECK_EVERY rows, and

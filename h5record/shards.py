@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fast import Decoder, join_readers, split_by_shard
+from ._fast import Decoder, ForeignThreadError, join_readers, split_by_shard
 from .commit import fsync_dir
 from .dataset import Batch, H5Dataset, TransformedRows
 from .errors import FormatError, SchemaError
@@ -237,11 +237,14 @@ class ShardedDataset:
         # One compiled decoder over every shard (per thread, as H5Dataset's), for the
         # fields every shard maps; other fields are joined here, shard by shard.
         self._joined: Decoder | None = None
+        self._joined_all = False  # the joined decoder reads every field
+        # Shards opened with verify=True check rows in Python (H5Dataset.fetch).
+        self._verified = any(type(shard).fetch is not H5Dataset.fetch for shard in self.shards)
         self._threads = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_joined=None, _last_split=(None, None))
+        state.update(_joined=None, _joined_all=False, _last_split=(None, None))
         del state["_threads"]
         return state
 
@@ -263,6 +266,7 @@ class ShardedDataset:
             if joined is None:
                 self._joined = made
                 self._joined_index = {name: k for k, name in enumerate(made.names)}
+                self._joined_all = made.names == self.names
             else:
                 self._threads.joined = made
         return made
@@ -316,7 +320,16 @@ class ShardedDataset:
         return s, i - int(self._starts[s])
 
     def __getitem__(self, index: Any) -> Any:
+        if type(index) is int and self._joined_all:
+            # The hot path: one compiled call, which hands the row to its shard's decoder.
+            try:
+                row = self._joined.row(index)
+            except ForeignThreadError:
+                row = self._decoder().row(index)
+            return row if self.transform is None else self.transform(row)
         if type(index) is int and 0 <= index < self._n:
+            if self._joined is None:
+                self._decoder()  # made once: the next rows take the compiled path
             # The hot path of map-style loading: a bisection, then the shard's own.
             s = bisect_right(self._start_list, index) - 1
             row = self.shards[s][index - self._start_list[s]]
@@ -343,10 +356,13 @@ class ShardedDataset:
         # Each shard asks the disk for its rows' byte ranges (its cold-read
         # stage), and checks their checksums when opened with verify=True,
         # before anything is decoded.
-        local, begin = split_by_shard(idx, self._starts)
-        for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
-            if b1 > b0:
-                self.shards[s].fetch(local[b0:b1])
+        if not self._verified:
+            self._decoder().prefetch(idx)  # each shard's decoder, its own rows
+        else:
+            local, begin = split_by_shard(idx, self._starts)
+            for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
+                if b1 > b0:
+                    self.shards[s].fetch(local[b0:b1])
         batch = Batch(self, idx)  # type: ignore[arg-type]
         if self.transform is None:
             return batch
@@ -415,6 +431,7 @@ class ShardedDataset:
     def close(self) -> None:
         """Close every shard."""
         self._joined = None
+        self._joined_all = False
         self._threads = threading.local()
         for shard in self.shards:
             shard.close()
