@@ -277,30 +277,45 @@ class CommitFile:
             self.fd = -1
 
 
-def recover(path: str, reader: bool = False) -> bool:
-    """Finish the interrupted commit of ``path``, if any; True if one was finished.
-
-    A complete journal means the commit reached its commit point: its pages
-    are written (again) and the journal removed. An incomplete one means
-    the commit never changed the file: it is removed. A ``reader`` (which may
-    run beside a live writer) only writes the pages of a complete journal
-    and removes nothing.
-    """
-    jpath = journal_path(path)
+def _read_journal(path: str) -> tuple[bool, bytes]:
+    """Whether ``path`` has a complete journal (its commit reached its commit
+    point), and the journal's bytes; (False, b"") when there is none."""
     try:
-        with open(jpath, "rb") as fh:
+        with open(journal_path(path), "rb") as fh:
             body = fh.read()
     except FileNotFoundError:
-        return False
+        return False, b""
     complete = len(body) >= _HEADER.size + _CRC.size and (
         zlib.crc32(body[: -_CRC.size]) == _CRC.unpack(body[-_CRC.size :])[0]
     )
     if complete:
-        magic, size, page, count = _HEADER.unpack_from(body)
+        magic, _, page, count = _HEADER.unpack_from(body)
         complete = magic == spec.JOURNAL_MAGIC and len(body) == (
             _HEADER.size + count * (_ENTRY.size + page) + _CRC.size
         )
+    return complete, body
+
+
+def commit_pending(path: str) -> bool:
+    """Whether a commit of ``path`` passed its commit point and is not finished:
+    a live writer is finishing it, or a killed one left it to the next writer."""
+    return _read_journal(path)[0]
+
+
+def recover(path: str) -> bool:
+    """Finish the interrupted commit of ``path``, if any; True if one was finished.
+
+    Only a writer calls this: a complete journal means the commit reached its
+    commit point, and its pages are written (again); an incomplete one means
+    the commit never changed the file. Either way the journal is removed.
+    Readers never write: beside a live writer, pages of an old journal would
+    undo a newer commit.
+    """
+    complete, body = _read_journal(path)
+    if not body and not os.path.exists(journal_path(path)):
+        return False
     if complete:
+        _, size, page, count = _HEADER.unpack_from(body)
         fd = os.open(path, os.O_RDWR)
         try:
             at = _HEADER.size
@@ -313,7 +328,7 @@ def recover(path: str, reader: bool = False) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
-    if not reader:
-        os.unlink(jpath)
-        fsync_dir(jpath)
+    jpath = journal_path(path)
+    os.unlink(jpath)
+    fsync_dir(jpath)
     return complete

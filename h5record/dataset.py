@@ -21,7 +21,7 @@ from . import reader
 from ._fast import Decoder, ForeignThreadError, batch_rows, pad_ragged
 from .cache import SharedCache
 from .checksums import Verifier
-from .commit import recover
+from .commit import commit_pending
 from .errors import FormatError
 from .fields import Schema
 from .spec import PARTIAL_SUFFIX
@@ -120,8 +120,12 @@ class H5Dataset:
                 f"{self.path} is an unfinished file; continue it with H5Writer(..., resume=True), "
                 "or read the rows of its last commit with H5Dataset(path, partial=True)"
             )
-        if partial:  # a commit killed past its commit point is finished first
-            recover(self.path, reader=True)
+        if partial and commit_pending(self.path):
+            raise FormatError(
+                f"{self.path}: a commit is being finished (or its writer was killed while "
+                "committing): open it again shortly, or continue it with "
+                "H5Writer(..., resume=True), which finishes the commit"
+            )
         self.in_memory = in_memory
         self.transform = transform
         self.verify = bool(verify)

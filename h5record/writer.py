@@ -27,7 +27,7 @@ from . import codecs, spec
 from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
 from ._version import __version__
 from .checksums import FieldSums, metadata_hash
-from .commit import CommitFile, fsync_dir, journal_path, recover, write_error
+from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, Sequence, String
 
@@ -1189,9 +1189,11 @@ def _describe_partial(path: str) -> str:
 
 
 def partial_rows(path: str) -> int | None:
-    """Committed rows of an unfinished file (``<path>.partial``), None if it has none."""
+    """Committed rows of an unfinished file (``<path>.partial``): None if it has
+    none, or while a commit past its commit point is not finished."""
+    if commit_pending(path):
+        return None  # a commit between its commit point and its end: not known yet
     try:
-        recover(path, reader=True)  # a commit killed past its commit point counts
         with h5py.File(path, "r") as f:
             value = f.attrs.get(spec.ATTR_NUM_ROWS)
             return None if value is None else int(value)
