@@ -947,6 +947,8 @@ cdef tuple group_rows(const int64_t[::1] idx, const int64_t* starts, Py_ssize_t 
 def split_by_shard(const int64_t[::1] idx, const int64_t[::1] starts):
     """Checked global rows as ``(local rows grouped by shard, where each group
     begins)``; ``starts`` holds each shard's first row and the total."""
+    if starts.shape[0] < 2:
+        raise ValueError("starts must hold each shard's first row and the total")
     grouped, begin, _, _ = group_rows(idx, &starts[0], starts.shape[0] - 1)
     return grouped, begin
 
@@ -1535,6 +1537,8 @@ def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
     cdef const int64_t** offs = <const int64_t**>malloc(max(nf, 1) * sizeof(int64_t*))
     cdef list keep = []
     cdef cnp.ndarray arr
+    if start < 0 or stop < start:
+        raise IndexError(f"rows {start}..{stop} are not a range of a batch")
     try:
         if not (modes and codes and data and itemsize and offs):
             raise MemoryError()

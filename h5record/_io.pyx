@@ -192,8 +192,10 @@ def pread_random(int fd, const int64_t[::1] offsets, int64_t size, int threads=1
     cdef Py_ssize_t t, n = offsets.shape[0]
     cdef int64_t total = 0
     cdef int error = 0
-    if threads < 1:
-        raise ValueError("threads must be at least 1")
+    if not 1 <= threads <= 1024:
+        raise ValueError(f"threads must be 1 to 1024, got {threads}")
+    if size < 0:
+        raise ValueError(f"size must not be negative, got {size}")
     if n == 0:
         return 0
     cdef ReadJob* jobs = <ReadJob*>malloc(threads * sizeof(ReadJob))

@@ -225,6 +225,8 @@ class H5Dataset:
     def __getitem__(self, index: Any) -> Any:
         if type(index) is int and self._decoder is not None and not self._slow:
             # The hot path of map-style loading: one compiled call.
+            # The opening thread pays nothing for the thread check; another
+            # thread's row costs a caught exception (threads mostly read batches).
             try:
                 row = self._decoder.row(index)
             except ForeignThreadError:

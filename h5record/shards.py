@@ -266,7 +266,8 @@ class ShardedDataset:
             if joined is None:
                 self._joined = made
                 self._joined_index = {name: k for k, name in enumerate(made.names)}
-                self._joined_all = made.names == self.names
+                # Rows of verified shards go through their own checks (H5Dataset).
+                self._joined_all = made.names == self.names and not self._verified
             else:
                 self._threads.joined = made
         return made
@@ -323,8 +324,8 @@ class ShardedDataset:
         if type(index) is int and self._joined_all:
             # The hot path: one compiled call, which hands the row to its shard's decoder.
             try:
-                row = self._joined.row(index)
-            except ForeignThreadError:
+                row = self._joined.row(index)  # type: ignore[union-attr]
+            except ForeignThreadError:  # another thread: its own decoder
                 row = self._decoder().row(index)
             return row if self.transform is None else self.transform(row)
         if type(index) is int and 0 <= index < self._n:

@@ -238,3 +238,21 @@ def test_lzf_prefetch_ignores_damaged_offsets(tmp_path):
     with pytest.raises(FormatError):
         ds[[10, 1999, 4000]].to_list()
     assert ds[[10, 4000]].to_list() == [{"t": "row 10"}, {"t": "row 4000"}]
+
+
+def test_kernel_arguments_are_checked_before_use(mapped):
+    from h5record._fast import batch_rows, split_by_shard
+
+    path, _ = mapped
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="size"):
+            _io.pread_random(fd, np.zeros(2, np.int64), -1, 1)
+        with pytest.raises(ValueError, match="threads"):
+            _io.pread_random(fd, np.zeros(2, np.int64), PAGE, 2000)
+    finally:
+        os.close(fd)
+    with pytest.raises(IndexError):
+        batch_rows(("a",), [np.arange(4)], -3, 2)
+    with pytest.raises(ValueError, match="starts"):
+        split_by_shard(np.zeros(3, np.int64), np.zeros(1, np.int64))

@@ -281,3 +281,22 @@ def test_verify_checks_the_rows_of_every_shard(tmp_path):
     assert ds[[0, 1]].to_list() == [{"t": "row 0-0", "i": 0}, {"t": "row 0-1", "i": 1}]
     with pytest.raises(FormatError, match="v1.h5"):
         ds[[3, 57]].to_list()
+
+
+def test_verify_checks_single_rows_of_every_shard_too(tmp_path):
+    schema = [Integer("i")]
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"r{k}.h5"
+        with H5Writer(p, schema, progress=False) as w:
+            w.write_batch({"i": np.arange(50, dtype=np.int64) + 1000 * k})
+        paths.append(str(p))
+    raw = bytearray(Path(paths[1]).read_bytes())
+    at = raw.find(np.int64(1007).tobytes())
+    raw[at] ^= 0x01
+    Path(paths[1]).write_bytes(bytes(raw))
+    ds = H5Dataset(paths, verify=True)
+    assert ds[3] == {"i": 3}
+    for _ in range(2):  # every read, not only the first
+        with pytest.raises(FormatError, match="r1.h5"):
+            ds[57]
