@@ -624,7 +624,7 @@ class H5Writer:
         self._schema_json = ""
         try:
             if existing:
-                self._open_existing(given, chunk_bytes)
+                self._open_existing(given, default_codec, chunk_bytes)
             else:
                 self._create(given, default_codec, chunk_bytes)
         except BaseException:
@@ -706,7 +706,9 @@ class H5Writer:
         f.flush()
         self._io.commit()
 
-    def _open_existing(self, given: Schema | None, chunk_bytes: int) -> None:
+    def _open_existing(
+        self, given: Schema | None, default_codec: dict[str, Any], chunk_bytes: int
+    ) -> None:
         path = self._file_path
         try:
             self._io = CommitFile(path, create=False)
@@ -732,7 +734,7 @@ class H5Writer:
             if given is None:
                 raise TypeError(f"{path} has no committed rows yet: give a schema to start again")
             self._release(remove=True)
-            self._create(given, codecs.parse(None), chunk_bytes)
+            self._create(given, default_codec, chunk_bytes)
             return
         text = f.attrs[spec.ATTR_SCHEMA]
         self._schema_json = text.decode() if isinstance(text, bytes) else str(text)

@@ -359,3 +359,18 @@ def test_full_filesystem(tmp_path):
         ds.close()
     finally:
         subprocess.run(["umount", str(mount)])
+
+
+def test_resume_before_the_first_commit_keeps_the_compression(tmp_path):
+    path = tmp_path / "z.h5"
+    w = H5Writer(path, SCHEMA, progress=False, commit_seconds=None)
+    w._release(remove=False)  # what a kill before the first commit leaves
+    assert os.path.exists(str(path) + ".partial")
+    with H5Writer(path, SCHEMA, resume=True, compression="zstd", progress=False) as w:
+        assert w.num_rows == 0
+        for i in range(50):
+            w.write(row(i))
+    ds = H5Dataset(path)
+    text = next(f for f in ds.schema if f.name == "text")  # no codec of its own
+    assert text.codec is not None and text.codec["id"] == "zstd"
+    check_rows(ds, 50)
