@@ -240,6 +240,12 @@ class Field:
             return Kind.VARIABLE
         return Kind.SCALAR if self.element_shape == () else Kind.FIXED
 
+    def storage_json(self) -> dict[str, Any]:
+        """The schema entry without its codec: what the files of one dataset share."""
+        entry = self.to_json()
+        entry.pop("codec", None)
+        return entry
+
     @property
     def element_bytes(self) -> int:
         return int(self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64)))
@@ -821,6 +827,26 @@ class Schema:
 
     def to_json(self) -> str:
         return json.dumps({"fields": [f.to_json() for f in self.fields]})
+
+    def storage_difference(
+        self, other: Schema, this: str = "this schema", that: str = "the other"
+    ) -> str | None:
+        """How ``other`` stores rows differently (field names, order, types, dtypes,
+        shapes; codecs may differ), in words naming ``this`` and ``that``; None if not."""
+        mine = [f.storage_json() for f in self.fields]
+        theirs = [f.storage_json() for f in other.fields]
+        if mine == theirs:
+            return None
+        names, other_names = [e["name"] for e in mine], [e["name"] for e in theirs]
+        if names != other_names:
+            missing = [n for n in names if n not in other_names]
+            extra = [n for n in other_names if n not in names]
+            parts = [f"{this} has field(s) {missing} that {that} lacks"] if missing else []
+            if extra:
+                parts.append(f"{that} has field(s) {extra} that {this} lacks")
+            return "; ".join(parts) or f"{this} orders its fields {names}, {that} {other_names}"
+        a, b = next((a, b) for a, b in zip(mine, theirs, strict=True) if a != b)
+        return f"field {a['name']!r} is {a} in {this}, but {b} in {that}"
 
     @classmethod
     def from_json(cls, text: str) -> Schema:

@@ -67,7 +67,9 @@ def merge(
         schema = ds.schema if compression is not None else _keep_codecs(ds.schema)
         writer = H5Writer(
             out,
-            [_plain(f) for f in schema] if compression is not None else schema,
+            [field_from_json(f.storage_json()) for f in schema]
+            if compression is not None
+            else schema,
             compression=compression,
             overwrite=overwrite,
             progress=progress,
@@ -126,10 +128,8 @@ def _nbytes(col: Any) -> int:
     return sum(map(len, col))
 
 
-def _plain(field: Field) -> Field:
-    entry = field.to_json()
-    entry.pop("codec", None)
-    return field_from_json(entry)
+def _without_codecs(schema: Schema) -> list[Field]:
+    return [field_from_json(f.storage_json()) for f in schema]
 
 
 def _keep_codecs(schema: Schema) -> Schema:

@@ -28,7 +28,7 @@ from ._fast import Decoder, ForeignThreadError, join_readers, split_by_shard
 from .commit import fsync_dir
 from .dataset import Batch, H5Dataset, TransformedRows
 from .errors import FormatError, SchemaError
-from .fields import Field, Kind, Schema
+from .fields import Kind, Schema
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_KEY = "h5record_manifest"
@@ -106,13 +106,7 @@ def read_manifest(folder: str) -> dict[str, Any]:
 
 def schema_entry(schema: Schema) -> dict[str, Any]:
     """A schema as the manifest stores it: without codec parameters."""
-    return {"fields": [field_shape(f) for f in schema]}
-
-
-def field_shape(field: Field) -> dict[str, Any]:
-    entry = field.to_json()
-    entry.pop("codec", None)
-    return entry
+    return {"fields": [f.storage_json() for f in schema]}
 
 
 def shard_entry(path: str, num_rows: int) -> dict[str, Any]:
@@ -157,24 +151,11 @@ def _umask() -> int:
 
 
 def check_schemas(paths: Sequence[str], schemas: Sequence[Schema]) -> None:
-    """Raise SchemaError naming the first field in which a shard differs from the first."""
-    first = [field_shape(f) for f in schemas[0]]
+    """Raise SchemaError naming the first shard that stores rows unlike the first."""
     for path, schema in zip(paths[1:], schemas[1:], strict=True):
-        have = [field_shape(f) for f in schema]
-        if have == first:
-            continue
-        names0, names = [e["name"] for e in first], [e["name"] for e in have]
-        if names0 != names:
-            raise SchemaError(
-                f"{path}: its fields {names} differ from those of {paths[0]}: {names0}; "
-                "every shard needs the same schema"
-            )
-        for a, b in zip(first, have, strict=True):
-            if a != b:
-                raise SchemaError(
-                    f"{path}: field {a['name']!r} is {b}, but {a} in {paths[0]}; "
-                    "every shard needs the same schema"
-                )
+        difference = schemas[0].storage_difference(schema, paths[0], path)
+        if difference is not None:
+            raise SchemaError(f"{path}: every shard needs the same schema: {difference}")
 
 
 # -- reading -------------------------------------------------------------------

@@ -1143,35 +1143,9 @@ def _pass_on(signum: int, previous: Any, frame: Any = None) -> None:
 
 def _check_same_schema(given: Schema, stored: Schema, path: str) -> None:
     """Fields must agree in name, order, type, dtype and shape; codecs are the file's."""
-
-    def shape(field: Field) -> dict[str, Any]:
-        entry = field.to_json()
-        entry.pop("codec", None)
-        return entry
-
-    have = [shape(f) for f in stored]
-    want = [shape(f) for f in given]
-    if have == want:
-        return
-    names_have = [e["name"] for e in have]
-    names_want = [e["name"] for e in want]
-    if names_have != names_want:
-        missing = [n for n in names_have if n not in names_want]
-        extra = [n for n in names_want if n not in names_have]
-        detail = []
-        if missing:
-            detail.append(f"the file has field(s) {missing} that the given schema lacks")
-        if extra:
-            detail.append(f"the given schema has field(s) {extra} that the file lacks")
-        if not detail:
-            detail.append(f"the file's fields are in the order {names_have}")
-        raise SchemaError(f"{path}: schema differs from the file's: {'; '.join(detail)}")
-    for a, b in zip(have, want, strict=True):
-        if a != b:
-            raise SchemaError(
-                f"{path}: schema differs from the file's in field {a['name']!r}: "
-                f"the file has {a}, the given schema {b}"
-            )
+    difference = stored.storage_difference(given, "the file", "the given schema")
+    if difference is not None:
+        raise SchemaError(f"{path}: schema differs from the file's: {difference}")
 
 
 def check_file_schema(path: str, schema: Any) -> None:
