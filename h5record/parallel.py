@@ -263,8 +263,11 @@ def _write_input(
     try:
         writer = open_piece()
         in_piece = writer.num_rows
-        for _ in itertools.islice(rows, skip):
-            pass
+        # The rows of a resumed piece count towards its size, as in an uninterrupted run.
+        first_of_piece = skip - in_piece
+        for i, row in enumerate(itertools.islice(rows, skip)):
+            if shard_bytes is not None and i >= first_of_piece:
+                piece_bytes += _row_bytes(row)
         for row in rows:
             if (
                 limited
@@ -287,7 +290,10 @@ def _write_input(
                     done = skip + sum(p["num_rows"] for p in pieces) + in_piece
                     report(done - reported)
                     reported, last_report = done, now
-        close_piece(writer)
+        if writer.num_rows == 0 and pieces:
+            writer.abort()  # every row was in the earlier pieces: no empty shard
+        else:
+            close_piece(writer)
         writer = None
     except BaseException:
         if writer is not None:  # commit what was written, for a resumed run

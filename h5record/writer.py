@@ -714,12 +714,23 @@ class H5Writer:
             self._io = CommitFile(path, create=False)
         except OSError as exc:
             raise write_error(path, exc, "the end of an interrupted commit") from exc
+        # An unfinished file killed before its first commit may hold no
+        # readable HDF5 tree yet, or none of h5record's attributes: nothing to keep.
+        unfinished = self.mode != "a" and path.endswith(spec.PARTIAL_SUFFIX)
         try:
             self._file = h5py.File(self._io, "r+")
         except OSError as exc:
+            if unfinished and given is not None:
+                self._release(remove=True)
+                self._create(given, default_codec, chunk_bytes)
+                return
             raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
         f = self._file
         if f.attrs.get(spec.ATTR_FORMAT) != spec.FORMAT_NAME:
+            if unfinished and given is not None and spec.ATTR_NUM_ROWS not in f.attrs:
+                self._release(remove=True)
+                self._create(given, default_codec, chunk_bytes)
+                return
             raise FormatError(f"{path}: not an h5record file")
         version = int(f.attrs.get(spec.ATTR_VERSION, 0))
         if version != spec.FORMAT_VERSION:

@@ -160,3 +160,16 @@ def test_writes_equal_a_single_process_write(tmp_path):
             for row in rows_of(span):
                 w.write(row)
     assert H5Dataset(str(tmp_path / "ds"))[0:420] == H5Dataset(str(tmp_path / "one.h5"))[0:420]
+
+
+def test_a_rerun_after_the_last_shard_adds_no_empty_shard(tmp_path):
+    out = tmp_path / "r"
+    write_shards(INPUTS, rows_of, out, SCHEMA, workers=0, shard_rows=100)
+    files = _files(out)
+    # A kill after an input's last shard was finished, before its done record.
+    for name in os.listdir(out):
+        if name.endswith(".done") or name == MANIFEST_NAME:
+            os.unlink(out / name)
+    write_shards(INPUTS, rows_of, out, SCHEMA, workers=0, shard_rows=100)
+    assert _files(out) == files
+    assert _ids(out) == list(range(420))

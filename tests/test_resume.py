@@ -374,3 +374,14 @@ def test_resume_before_the_first_commit_keeps_the_compression(tmp_path):
     text = next(f for f in ds.schema if f.name == "text")  # no codec of its own
     assert text.codec is not None and text.codec["id"] == "zstd"
     check_rows(ds, 50)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + b"\0" * 100])
+def test_resume_of_a_file_killed_while_being_created_starts_again(tmp_path, content):
+    path = tmp_path / "c.h5"
+    pathlib.Path(str(path) + ".partial").write_bytes(content)  # no HDF5 tree, no attributes
+    with H5Writer(path, SCHEMA, resume=True, progress=False) as w:
+        assert w.num_rows == 0
+        for i in range(30):
+            w.write(row(i))
+    check_rows(H5Dataset(path), 30)
