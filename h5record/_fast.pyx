@@ -946,11 +946,12 @@ cdef tuple group_rows(const int64_t[::1] idx, const int64_t* starts, Py_ssize_t 
 
 def split_by_shard(const int64_t[::1] idx, const int64_t[::1] starts):
     """Checked global rows as ``(local rows grouped by shard, where each group
-    begins)``; ``starts`` holds each shard's first row and the total."""
+    begins, each row's place among the grouped rows)``; ``starts`` holds each
+    shard's first row and the total."""
     if starts.shape[0] < 2:
         raise ValueError("starts must hold each shard's first row and the total")
-    grouped, begin, _, _ = group_rows(idx, &starts[0], starts.shape[0] - 1)
-    return grouped, begin
+    grouped, begin, _, where = group_rows(idx, &starts[0], starts.shape[0] - 1)
+    return grouped, begin, where
 
 
 cdef class ShardedField(FieldReader):

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -341,7 +341,7 @@ class ShardedDataset:
         if not self._verified:
             self._decoder().prefetch(idx)  # each shard's decoder, its own rows
         else:
-            local, begin = split_by_shard(idx, self._starts)
+            local, begin, _ = split_by_shard(idx, self._starts)
             for s, (b0, b1) in enumerate(zip(begin[:-1].tolist(), begin[1:].tolist(), strict=True)):
                 if b1 > b0:
                     self.shards[s].fetch(local[b0:b1])
@@ -445,25 +445,13 @@ class _Split:
     def __init__(self, idx: np.ndarray, starts: np.ndarray) -> None:
         self.inverse: np.ndarray | None = None
         self._inverse_list: list[int] | None = None
-        if not idx.size:
-            self.parts: list[tuple[int, np.ndarray]] = []
-            return
-        shard_of = np.searchsorted(starts, idx, side="right") - 1
-        first, last = int(shard_of.min()), int(shard_of.max())
-        if first == last:
-            self.parts = [(first, idx - starts[first])]
-            return
-        order = np.argsort(shard_of, kind="stable")
-        local = idx[order] - starts[shard_of[order]]
-        ends = np.cumsum(np.bincount(shard_of - first)).tolist()
-        self.parts = []
-        begin = 0
-        for s, end in enumerate(ends, first):
-            if end > begin:
-                self.parts.append((s, local[begin:end]))
-            begin = end
-        self.inverse = np.empty(len(idx), np.int64)
-        self.inverse[order] = np.arange(len(idx))
+        local, begin, where = split_by_shard(idx, starts)
+        bounds = begin.tolist()
+        self.parts: list[tuple[int, np.ndarray]] = [
+            (s, local[a:b]) for s, (a, b) in enumerate(pairwise(bounds)) if b > a
+        ]
+        if len(self.parts) > 1:
+            self.inverse = where
 
     @property
     def inverse_list(self) -> list[int]:
