@@ -28,23 +28,13 @@ from h5record import (
     String,
     codecs,
 )
+from h5record.fields import FIELD_TYPES as REGISTERED_TYPES
 
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 FLOAT_DTYPES = ("float16", "float32", "float64")
 NUMERIC_DTYPES = INT_DTYPES + FLOAT_DTYPES
-FIELD_TYPES = (
-    "String",
-    "Bytes",
-    "Integer",
-    "Float",
-    "Float16",
-    "Sequence",
-    "FloatSequence",
-    "Float16Sequence",
-    "Array",
-    "Image",
-    "ImageSequence",
-)
+# Every registered field type: a type added to the registry is generated too.
+FIELD_TYPES = tuple(REGISTERED_TYPES)
 CODECS = (None, "lzf", "gzip", ("gzip", 1), "zstd", codecs.zstd(level=1, block_bytes=1))
 BIG_BYTES = 100_000
 NAME_STEMS = ("f", "é", "名前", "a b", "x.y", "-")
