@@ -91,6 +91,48 @@ class Ragged:
         return cls(np.concatenate([p.values for p in parts]), offsets, parts[0].kind)
 
 
+class Masked:
+    """A column with nulls: row ``i`` is null where ``valid[i]`` is False.
+
+    Parameters
+    ----------
+    values:
+        The column in any form :meth:`H5Writer.write_batch` takes (numpy
+        array, list, :class:`Ragged`), one entry a row; the entries of null
+        rows are placeholders, stored as zeros or empty rows whatever they hold.
+    valid:
+        bool, one a row: True where the row holds a value.
+    """
+
+    __slots__ = ("valid", "values")
+
+    def __init__(self, values: Any, valid: np.ndarray) -> None:
+        valid = np.asarray(valid)
+        if valid.dtype != np.bool_ or valid.ndim != 1 or len(valid) != len(values):
+            raise ValueError(
+                f"valid must be a 1-D bool array of {len(values)} entries (one a row), "
+                f"got {valid.dtype} of shape {valid.shape}"
+            )
+        self.values = values
+        self.valid = valid
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.values[i] if self.valid[i] else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def null_count(self) -> int:
+        return int(len(self.valid) - np.count_nonzero(self.valid))
+
+    def __repr__(self) -> str:
+        return f"Masked({self.values!r}, {self.null_count} nulls)"
+
+
 def null_error(name: str, row: int) -> RowError:
     """The error for a null in a column: h5record fields hold no nulls (yet)."""
     return RowError(
