@@ -53,9 +53,18 @@ class ResumableSampler:
     Resuming
     --------
     ``state_dict(consumed=k)`` records that this rank has consumed ``k``
-    samples of the current epoch; ``load_state_dict`` in a new run (with
-    the same or another world size) makes the next iteration continue with
-    the first position not consumed. A DataLoader with workers takes
+    samples since the current iteration began (after a resume, since the
+    resume: not counting the samples of the epoch read before the state was
+    saved); ``load_state_dict`` in a new run (with the same or another
+    world size) makes the next iteration continue with the first position
+    not consumed. Global step ``t`` of any run reads the positions
+    ``[t * B, (t + 1) * B)`` after its start, ``B`` being the global batch
+    (``num_replicas * batch_size``): keep ``B`` when the world size changes
+    and every step after the resume reads the rows the same step of an
+    uninterrupted run would have. Only the end of the epoch depends on the
+    world size: ``drop_last`` drops what does not fill every rank of the
+    world that reads it, so a smaller world may also read the last rows a
+    larger one dropped. A DataLoader with workers takes
     indices from the sampler ahead of the batches it yields
     (``prefetch_factor * num_workers`` batches), so pass the count of
     samples your loop has actually consumed, e.g. ``steps * batch_size``;
@@ -147,7 +156,9 @@ class ResumableSampler:
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` from the next iteration on (call before each epoch)."""
         if epoch != self.epoch:
-            self._start = 0
+            # A state saved before the new epoch's first step must point at its start,
+            # not at where the previous (possibly resumed) iteration stood.
+            self._start = self._iter_start = self._yielded = 0
         self.epoch = int(epoch)
 
     # -- resuming --------------------------------------------------------------

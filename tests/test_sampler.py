@@ -142,6 +142,24 @@ def test_state_without_consumed_counts_what_was_given(tmp_path):
         ResumableSampler(51, 1, 0).load_state_dict(s.state_dict())
 
 
+def test_state_saved_before_an_epochs_first_step_starts_it():
+    # A run resumed mid-epoch, then moved on to the next epoch: a checkpoint taken
+    # before that epoch's first step must resume it from its start.
+    s = ResumableSampler(100, 2, 0, seed=1)
+    it = iter(s)
+    for _ in range(10):
+        next(it)
+    t = ResumableSampler(100, 2, 0)
+    t.load_state_dict(s.state_dict(consumed=10))
+    list(t)
+    t.set_epoch(1)
+    for state in (t.state_dict(), t.state_dict(consumed=0)):
+        assert (state["epoch"], state["position"]) == (1, 0)
+        u = ResumableSampler(100, 2, 0)
+        u.load_state_dict(state)
+        assert list(u) == epoch_of(100, 2, epoch=1, seed=1)[0]
+
+
 def test_with_a_dataloader(tmp_path):
     path = tmp_path / "x.h5"
     with H5Writer(path, [Integer("x")], progress=False) as w:
