@@ -18,7 +18,10 @@ Markdown tables:
    (:mod:`benchmarks.cold`);
 5. write: write speed beside a sequential write of the same bytes, the
    memmap baseline and LMDB, writer memory, commit and close costs, and
-   appends (:mod:`benchmarks.write`).
+   appends (:mod:`benchmarks.write`);
+6. convert: a Parquet file and a DataFrame of 1M text pairs into h5record,
+   beside reading the Parquet file alone and writing the output's bytes
+   (:mod:`benchmarks.convert`).
 
 ``python -m benchmarks.run --quick`` is the small version that ``make demo``
 runs; ``python -m benchmarks.run`` the full one. Every figure is a median of
@@ -43,7 +46,7 @@ import numpy as np
 import h5record
 from h5record import H5Dataset, H5Writer, codecs
 
-from . import cold, harness, workloads, write
+from . import cold, convert, harness, workloads, write
 from .baselines import FlatMemmapDataset, LegacyH5Dataset
 from .harness import Table
 from .workloads import SCHEMAS
@@ -230,6 +233,24 @@ def _goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
             -10,
         ),
         *_write_goals(),
+        *_convert_goals(),
+    ]
+
+
+def _convert_goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
+    """The conversion goals of issue 12, on the figures of :mod:`benchmarks.convert`."""
+
+    def c(metric: str) -> Callable[[dict], float]:
+        return lambda r: r["convert"][metric]
+
+    return [
+        ("convert 1M-row Parquet text pairs rows/s >= 1,000,000", c(convert.PARQUET), 1e6),
+        ("1M-row DataFrame via write_batch rows/s >= 2,000,000", c(convert.FRAME), 2e6),
+        (
+            "convert Parquet: peak RSS growth <= 20x a decoded row group",
+            lambda r: -r["convert"]["peak_rss_mb"] / r["convert"]["row_group_mb"],
+            -20,
+        ),
     ]
 
 
@@ -674,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes, about five minutes on 2 cores"
     )
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
-    parser.add_argument("--sections", default="core,compression,memory,cold,write")
+    parser.add_argument("--sections", default="core,compression,memory,cold,write,convert")
     parser.add_argument("--dir", default=None, help="folder for temporary files")
     parser.add_argument(
         "--compression-scale",
@@ -741,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
             cold.run(loaded, folder, quick, results)
         if "write" in sections:
             write.run(loaded, folder, quick, results)
+        if "convert" in sections:
+            convert.run(folder, 1_000_000, 3 if quick else 5, results).print()
         check_goals(results).print()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

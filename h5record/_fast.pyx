@@ -1823,3 +1823,70 @@ cdef class RowPacker:
 
 
 cdef object _MISSING = object()
+
+
+# -- writing: UTF-8 checks ---------------------------------------------------
+
+cdef int64_t utf8_error_at(const uint8_t* s, int64_t n) noexcept nogil:
+    """Index of the first byte of ``s[:n]`` that starts no valid UTF-8 character, or -1.
+
+    Strict like Python's decoder: no overlong forms, no surrogates, nothing
+    past U+10FFFF. Runs of ASCII are skipped 8 bytes at a time.
+    """
+    cdef int64_t i = 0
+    cdef uint64_t word
+    cdef uint8_t c, c1, lo, hi
+    while i < n:
+        while i + 8 <= n:
+            memcpy(&word, s + i, 8)
+            if word & 0x8080808080808080ULL:
+                break
+            i += 8
+        if i >= n:
+            break
+        c = s[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xC2:
+            return i
+        elif c < 0xE0:
+            if i + 1 >= n or (s[i + 1] & 0xC0) != 0x80:
+                return i
+            i += 2
+        elif c < 0xF5:
+            # Bounds of the second byte: they exclude overlong forms, surrogates
+            # (after 0xED) and code points past U+10FFFF (after 0xF4).
+            lo = 0xA0 if c == 0xE0 else (0x90 if c == 0xF0 else 0x80)
+            hi = 0x9F if c == 0xED else (0x8F if c == 0xF4 else 0xBF)
+            if c < 0xF0:
+                if i + 2 >= n:
+                    return i
+                c1 = s[i + 1]
+                if c1 < lo or c1 > hi or (s[i + 2] & 0xC0) != 0x80:
+                    return i
+                i += 3
+            else:
+                if i + 3 >= n:
+                    return i
+                c1 = s[i + 1]
+                if c1 < lo or c1 > hi or (s[i + 2] & 0xC0) != 0x80 or (s[i + 3] & 0xC0) != 0x80:
+                    return i
+                i += 4
+        else:
+            return i
+    return -1
+
+
+def first_bad_utf8_row(const uint8_t[::1] values, const int64_t[::1] offsets):
+    """The first row ``values[offsets[r]:offsets[r + 1]]`` that is not valid UTF-8
+    on its own, or -1. ``offsets`` must be checked by the caller (non-decreasing,
+    within ``values``)."""
+    cdef Py_ssize_t r, bad = -1, n = offsets.shape[0] - 1
+    cdef const uint8_t* base = &values[0] if values.shape[0] else NULL
+    with nogil:
+        for r in range(n):
+            if offsets[r + 1] > offsets[r] and utf8_error_at(
+                    base + offsets[r], offsets[r + 1] - offsets[r]) >= 0:
+                bad = r
+                break
+    return bad

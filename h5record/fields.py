@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import codecs, spec
+from ._fast import first_bad_utf8_row
 from .columns import ARRAY, TEXT, Ragged
 from .errors import RowError, RowTypeError, SchemaError
 
@@ -353,15 +354,8 @@ def _column_array(values: Any) -> np.ndarray | None:
 
 def _bad_utf8_row(col: Ragged) -> int:
     """The first row of a text column that is not valid UTF-8 on its own, or -1."""
-    flat = col.values
-    try:
-        flat.tobytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return int(np.searchsorted(col.offsets, exc.start, "right")) - 1
-    # The whole is valid: a row is too unless it starts inside a character.
-    rows = np.flatnonzero(col.lengths)
-    split = (flat[col.offsets[rows]] & 0xC0) == 0x80
-    return int(rows[np.argmax(split)]) if split.any() else -1
+    values = np.ascontiguousarray(col.values, np.uint8)
+    return first_bad_utf8_row(values, np.ascontiguousarray(col.offsets, np.int64))
 
 
 def _first_row(mask: np.ndarray) -> int:

@@ -117,9 +117,9 @@ def test_unsupported_arrow_type_is_named():
 
 
 def test_string_field_checks_utf8_per_row():
-    flat = np.frombuffer("aé".encode(), np.uint8)  # b"a\xc3\xa9", split inside é
+    flat = np.frombuffer("aé".encode(), np.uint8)  # b"a\xc3\xa9": row 0 ends inside é
     split = Ragged(flat, np.array([0, 2, 3]), "bytes")
-    with pytest.raises(RowError, match=r"field 't', row 5: bytes are not valid UTF-8"):
+    with pytest.raises(RowError, match=r"field 't', row 4: bytes are not valid UTF-8"):
         String("t").convert_column(split, 4)
     bad = Ragged(np.frombuffer(b"ok\xff", np.uint8), np.array([0, 2, 3]), "bytes")
     with pytest.raises(RowError, match=r"row 1: bytes are not valid UTF-8"):

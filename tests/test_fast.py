@@ -665,3 +665,35 @@ def test_row_packer_refuses_rows_that_are_not_exact_dicts():
     renamed["z"] = renamed.pop("q")
     assert packer.pack(renamed, 1) == -1
     assert [len(s) for s in sinks] == [1] * len(sinks)
+
+
+def _python_bad_row(rows: list[bytes]) -> int:
+    for r, raw in enumerate(rows):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return r
+    return -1
+
+
+def test_first_bad_utf8_row_agrees_with_python():
+    from h5record._fast import first_bad_utf8_row
+
+    rng = np.random.default_rng(7)
+    chars = ["a", "é", "€", "😀", "\ud7ff", "\ue000", "\U0010ffff", "eight or more ascii"]
+    # Bytes around the edges of UTF-8: overlong leads, surrogates, past U+10FFFF
+    edges = [0x41, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xE0, 0xED, 0xF0]
+    edges += [0xF4, 0xF5, 0xFF]
+    for _ in range(3000):
+        rows = []
+        for _ in range(int(rng.integers(0, 5))):
+            if rng.random() < 0.5:
+                rows.append("".join(rng.choice(chars, int(rng.integers(0, 4)))).encode())
+            else:
+                rows.append(bytes(rng.choice(edges, int(rng.integers(0, 9))).tolist()))
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        values = np.frombuffer(b"".join(rows), np.uint8)
+        assert first_bad_utf8_row(values, offsets) == _python_bad_row(rows), rows
+    # a character split across two rows is valid as a whole but not row by row
+    whole = "é".encode()
+    assert first_bad_utf8_row(np.frombuffer(whole, np.uint8), np.array([0, 1, 2])) == 0
