@@ -8,16 +8,17 @@ PIP = $(PYTHON) -m pip
 # looser spec could make pip fetch a multi-GB CUDA build.
 install:
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[torch,images,test,dev,bench]"
+	$(PIP) install -q -e ".[torch,images,test,dev,bench,charts]"
 
 # The main job: write sample datasets, read them back through a DataLoader,
 # and print the benchmark table (about five minutes on 2 cores).
 demo: install
 	$(PYTHON) -m benchmarks.run --quick
 
-# The full benchmark (about 20 minutes on 2 cores, a few GB of temporary files).
+# The full benchmark (about 20 minutes on 2 cores, a few GB of temporary files),
+# with the chart of its core table in docs/ (its figures as JSON beside it).
 bench: install
-	$(PYTHON) -m benchmarks.run
+	$(PYTHON) -m benchmarks.run --chart docs/benchmark.png
 
 # Not for CI: writes a file of ~30 GB of 16 KB rows under the temporary folder
 # (removed afterwards; refused without 40 GB free), beside a sequential write

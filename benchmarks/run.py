@@ -27,6 +27,10 @@ Markdown tables:
 runs; ``python -m benchmarks.run`` the full one. Every figure is a median of
 repeats within this run; compare ratios, not absolute numbers, across
 machines.
+
+The core table is also drawn as a PNG chart (``--chart PATH``, with the
+figures as JSON beside it, :mod:`benchmarks.chart`) when matplotlib is
+installed (the ``charts`` extra).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import numpy as np
 import h5record
 from h5record import H5Dataset, H5Writer, codecs
 
-from . import cold, convert, harness, workloads, write
+from . import chart, cold, convert, harness, workloads, write
 from .baselines import FlatMemmapDataset, LegacyH5Dataset
 from .harness import Table
 from .workloads import SCHEMAS
@@ -689,6 +693,30 @@ def _loader_pss(ds: Any, ctx: str) -> int:
     return pss
 
 
+def save_chart(png: str, loaded: dict[str, workloads.Workload], results: dict, quick: bool) -> None:
+    """Save the core table's figures as JSON and draw them to ``png``."""
+    rows = [
+        {"workload": name, "system": system, **results[(name, system)]}
+        for name in loaded
+        for system in (H5R, MEMMAP, LEGACY)
+    ]
+    sources = {
+        name: {"rows": w.n_rows, "raw_MB": w.raw_bytes / 1e6, "source": w.source}
+        for name, w in loaded.items()
+    }
+    data = chart.core_results(
+        rows,
+        sources,
+        mode="quick" if quick else "full",
+        cores=os.cpu_count(),
+        version=h5record.__version__,
+    )
+    saved = chart.results_path(png)
+    chart.save_results(data, saved)
+    drawn = chart.try_draw(data, png)
+    print(f"Core table saved to {saved}" + (f", drawn to {drawn}" if drawn else "") + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument(
@@ -697,6 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
     parser.add_argument("--sections", default="core,compression,memory,cold,write,convert")
     parser.add_argument("--dir", default=None, help="folder for temporary files")
+    parser.add_argument(
+        "--chart",
+        default=None,
+        metavar="PATH",
+        help="PNG chart of the core table, its figures saved as JSON beside it "
+        "(default: h5record-benchmark.png in the --dir folder or the temporary folder; "
+        "'' for none)",
+    )
     parser.add_argument(
         "--compression-scale",
         type=float,
@@ -712,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         scales = dict.fromkeys(scales, args.compression_scale)
     sections = set(args.sections.split(","))
     folder = tempfile.mkdtemp(prefix="h5record-bench-", dir=args.dir)
+    png = args.chart
+    if png is None:
+        png = os.path.join(args.dir or tempfile.gettempdir(), "h5record-benchmark.png")
     results: dict = {}
     try:
         print(
@@ -733,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             for workload in loaded.values():
                 core(workload, folder, quick, table, results)
             table.print()
+            if png:
+                save_chart(png, loaded, results, quick)
         if "compression" in sections:
             table = Table("Compression: size and read speed per codec")
             for name in ("text", "tokens"):
