@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, DistributedSampler
@@ -181,40 +175,3 @@ def test_with_a_dataloader(tmp_path):
         for r in batch
     ]
     assert seen + rest == list(s)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, url: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=url, rank=rank, world_size=world)
-    try:
-        s = ResumableSampler(101, seed=5)  # world size and rank from torch.distributed
-        s.set_epoch(2)
-        mine = torch.tensor(list(s))
-        gathered = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(gathered, mine)
-        if rank == 0:
-            torch.save(
-                {"ranks": [g.tolist() for g in gathered], "state": s.state_dict(consumed=10)}, out
-            )
-    finally:
-        dist.destroy_process_group()
-
-
-def test_torch_distributed_gloo(tmp_path):
-    out = str(tmp_path / "out.pt")
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.spawn(_rank_main, args=(2, url, out), nprocs=2, join=True)
-    got = torch.load(out)
-    assert got["ranks"] == epoch_of(101, 2, epoch=2, seed=5)
-    flat = [i for r in got["ranks"] for i in r]
-    assert len(flat) == len(set(flat)) == 100
-    one = ResumableSampler(101, 1, 0)
-    one.load_state_dict(got["state"])
-    order = epoch_of(101, 1, epoch=2, seed=5)[0]
-    assert list(one) == order[20:]
-    assert os.path.exists(out)
