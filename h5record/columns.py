@@ -31,7 +31,8 @@ class Ragged:
     Parameters
     ----------
     values:
-        Every row's elements, one after the other: uint8 for text and bytes.
+        Every row's elements, one after the other: uint8 for text and bytes;
+        for an ``ImageSequence``, its frames, of shape ``(frames, c, h, w)``.
     offsets:
         int64, one more than the rows, starting at 0 and never decreasing.
     kind:

@@ -268,7 +268,9 @@ class Field:
         The values returned may share memory with ``values``.
         """
         if self.variable:
-            if isinstance(values, Ragged) and self.element_shape == ():
+            # A joined column (ImageSequence: frames of element_shape) is checked
+            # whole; one of another element shape goes row by row to name its error.
+            if isinstance(values, Ragged) and values.values.shape[1:] == self.element_shape:
                 return self._ragged_column(values, first_row)
             if isinstance(self, (String, Bytes)):
                 from ._fast import join_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from h5record import Bytes, H5Dataset, H5Writer, Integer, RowError, Sequence, String
+from h5record import Bytes, H5Dataset, H5Writer, ImageSequence, Integer, RowError, Sequence, String
 from h5record.columns import Ragged, to_columns
 
 pa = pytest.importorskip("pyarrow")
@@ -177,3 +177,20 @@ def test_write_batch_takes_tables_directly(tmp_path):
         with pytest.raises(RowError, match=r"field 't', row 6: null"):
             w.write_batch(pa.table({"t": ["f", None], "n": [6, 7]}))
     assert [r["t"] for r in H5Dataset(path)[:]] == ["a", "b", "c", "d", "e"]
+
+
+def test_image_sequence_frames_joined():
+    field = ImageSequence(2, 3, c=1, name="clip")
+    offsets = np.array([0, 2, 2, 5])
+    frames = np.arange(5 * 6).reshape(5, 1, 2, 3)  # int64, cast to uint8 as a whole
+    flat, lengths = field.convert_column(Ragged(frames, offsets), 0)
+    assert flat.dtype == np.uint8 and flat.shape == (5, 1, 2, 3)
+    np.testing.assert_array_equal(flat, frames)
+    np.testing.assert_array_equal(lengths, [2, 0, 3])
+    frames[3, 0, 1, 2] = 300
+    with pytest.raises(RowError, match=r"field 'clip', row 12: value 300 is out of range"):
+        field.convert_column(Ragged(frames, offsets), 10)
+    # Channel-last frames, as Pillow gives them, are turned row by row, as in a list.
+    last = np.arange(5 * 6, dtype=np.uint8).reshape(5, 2, 3, 1)
+    flat, _ = field.convert_column(Ragged(last, offsets), 0)
+    np.testing.assert_array_equal(flat, np.moveaxis(last, -1, -3))

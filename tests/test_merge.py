@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
-from h5record import H5Dataset
+from h5record import H5Dataset, ImageSequence, Integer
 from h5record.cli import main
 from h5record.merge import merge
 from h5record.reader import read_layout
 
-from .test_shards import BOUNDS, CODECS, data  # noqa: F401 - the shared fixture
+from .test_shards import BOUNDS, CODECS, data, write  # noqa: F401 - the shared fixture
 
 
 def test_merge_equals_the_single_file(data, tmp_path):  # noqa: F811
@@ -56,3 +57,35 @@ def test_cli(data, tmp_path, capsys):  # noqa: F811
     assert main(["merge", str(out), folder]) == 1
     assert "exists" in capsys.readouterr().err
     assert main(["merge", "--overwrite", str(out), os.path.join(folder, "part-*.h5")]) == 0
+
+
+CLIP = (3, 5, 6)
+
+
+def clip_row(i: int) -> dict:
+    frames = np.random.default_rng(i).integers(0, 256, (i % 4, *CLIP), dtype=np.uint8)
+    return {"id": i, "clip": frames}
+
+
+def test_merge_copies_image_sequences_joined(tmp_path, monkeypatch):
+    schema = [Integer("id"), ImageSequence(*CLIP[1:], c=CLIP[0], name="clip")]
+    single = write(tmp_path / "one.h5", map(clip_row, range(BOUNDS[-1])), schema)
+    paths = [
+        write(tmp_path / f"part-{k}.h5", map(clip_row, range(*BOUNDS[k : k + 2])), schema, codec)
+        for k, codec in enumerate(CODECS)
+    ]
+
+    def one_row(*args, **kwargs):
+        raise AssertionError("merge converted an ImageSequence row on its own")
+
+    # Frames travel as one joined array and offsets, whatever the shard's codec.
+    monkeypatch.setattr(ImageSequence, "convert", one_row)
+    out = tmp_path / "merged.h5"
+    assert merge(out, paths) == BOUNDS[-1]
+    monkeypatch.undo()
+    merged = H5Dataset(str(out))
+    assert merged[0 : BOUNDS[-1]] == H5Dataset(single)[0 : BOUNDS[-1]]
+    for i in (0, 1, 36, 37, 120, 299):
+        got = merged[i]["clip"]
+        assert got.dtype == np.uint8 and got.shape == (i % 4, *CLIP)
+        np.testing.assert_array_equal(got, clip_row(i)["clip"])
