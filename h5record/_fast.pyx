@@ -329,24 +329,30 @@ cdef object new_array(int nprefix, int64_t n0, int64_t n1, tuple shape, int type
     return cnp.PyArray_SimpleNew(nprefix + ns, dims, typenum)
 
 
-cdef Py_ssize_t gather_fixed(const Paged* vals, const int64_t* idx, Py_ssize_t n,
-                             uint8_t* out) noexcept nogil:
+# The kernels below read row j from ``vals`` (and ``offs``), or, given ``part``,
+# from ``vals[part[j]]``: one array per shard, for batches over shards.
+cdef inline const Paged* part_of(const Paged* p, const int64_t* part, Py_ssize_t j) noexcept nogil:
+    return p if part == NULL else p + part[j]
+
+
+cdef Py_ssize_t gather_fixed(const Paged* vals, const int64_t* part, const int64_t* idx,
+                             Py_ssize_t n, uint8_t* out) noexcept nogil:
     """Copy element ``idx[j]`` of ``vals`` to ``out[j]``; the first bad j, or -1."""
     cdef Py_ssize_t j
     cdef int64_t eb = vals.elem_bytes
     cdef const uint8_t* p
     for j in range(n):
         if j + PREFETCH_AHEAD < n:
-            p = paged_addr(vals, idx[j + PREFETCH_AHEAD])
+            p = paged_addr(part_of(vals, part, j + PREFETCH_AHEAD), idx[j + PREFETCH_AHEAD])
             if p != NULL:
                 prefetch(p)
-        if paged_copy(vals, idx[j], idx[j] + 1, out + j * eb) < 0:
+        if paged_copy(part_of(vals, part, j), idx[j], idx[j] + 1, out + j * eb) < 0:
             return j
     return -1
 
 
-cdef Py_ssize_t row_bounds(const Paged* offs, int64_t values_len, const int64_t* idx,
-                           Py_ssize_t n, int64_t* starts, int64_t* lens,
+cdef Py_ssize_t row_bounds(const Paged* offs, const Paged* vals, const int64_t* part,
+                           const int64_t* idx, Py_ssize_t n, int64_t* starts, int64_t* lens,
                            int64_t* total) noexcept nogil:
     """Start element and length of every row ``idx[j]``; the first bad j, or -1."""
     cdef Py_ssize_t j
@@ -354,15 +360,16 @@ cdef Py_ssize_t row_bounds(const Paged* offs, int64_t values_len, const int64_t*
     cdef const uint8_t* p
     total[0] = 0
     for j in range(min(n, PREFETCH_AHEAD)):
-        p = paged_addr(offs, idx[j])
+        p = paged_addr(part_of(offs, part, j), idx[j])
         if p != NULL:
             prefetch(p)
     for j in range(n):
         if j + PREFETCH_AHEAD < n:
-            p = paged_addr(offs, idx[j + PREFETCH_AHEAD])
+            p = paged_addr(part_of(offs, part, j + PREFETCH_AHEAD), idx[j + PREFETCH_AHEAD])
             if p != NULL:
                 prefetch(p)
-        if read_bounds(offs, idx[j], &o0, &o1) < 0 or o1 > values_len:
+        if read_bounds(part_of(offs, part, j), idx[j], &o0, &o1) < 0 \
+                or o1 > part_of(vals, part, j).length:
             return j
         starts[j] = o0
         lens[j] = o1 - o0
@@ -370,9 +377,9 @@ cdef Py_ssize_t row_bounds(const Paged* offs, int64_t values_len, const int64_t*
     return -1
 
 
-cdef Py_ssize_t gather_rows(const Paged* vals, const int64_t* starts, const int64_t* lens,
-                            Py_ssize_t n, int64_t width, const uint8_t* pad,
-                            uint8_t* out) noexcept nogil:
+cdef Py_ssize_t gather_rows(const Paged* vals, const int64_t* part, const int64_t* starts,
+                            const int64_t* lens, Py_ssize_t n, int64_t width,
+                            const uint8_t* pad, uint8_t* out) noexcept nogil:
     """Copy rows of ``lens[j]`` elements from ``starts[j]`` to ``out``.
 
     ``width`` < 0 packs them back to back; otherwise each row takes
@@ -382,7 +389,7 @@ cdef Py_ssize_t gather_rows(const Paged* vals, const int64_t* starts, const int6
     cdef Py_ssize_t j
     cdef int64_t e, eb = vals.elem_bytes
     for j in range(n):
-        if paged_copy(vals, starts[j], starts[j] + lens[j], out) < 0:
+        if paged_copy(part_of(vals, part, j), starts[j], starts[j] + lens[j], out) < 0:
             return j
         if width < 0:
             out += lens[j] * eb
@@ -623,7 +630,7 @@ cdef class RawField(FieldReader):
         if n == 0:
             return 0
         with nogil:
-            bad = row_bounds(&self.offsets, self.values.length, &idx[0], n, starts, lens, &total)
+            bad = row_bounds(&self.offsets, &self.values, NULL, &idx[0], n, starts, lens, &total)
         if bad >= 0:
             raise self.damaged(idx[bad])
         return total
@@ -641,7 +648,7 @@ cdef class RawField(FieldReader):
         cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(arr)
         if n:
             with nogil:
-                bad = gather_fixed(&self.values, &idx[0], n, out)
+                bad = gather_fixed(&self.values, NULL, &idx[0], n, out)
         if bad >= 0:
             raise self.damaged(idx[bad])
         return arr
@@ -656,7 +663,7 @@ cdef class RawField(FieldReader):
         flat = new_array(1, total, 0, self.element_shape, self.typenum)
         cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(flat)
         with nogil:
-            bad = gather_rows(&self.values, st, of + 1, n, -1, NULL, out)
+            bad = gather_rows(&self.values, NULL, st, of + 1, n, -1, NULL, out)
             for j in range(n):
                 of[j + 1] += of[j]
         if bad >= 0:
@@ -702,7 +709,8 @@ cdef class RawField(FieldReader):
         out = new_array(2, n, width, self.element_shape, self.typenum)
         cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
         with nogil:
-            bad = gather_rows(&self.values, st, ln, n, width, NULL if zero_pad else &pad[0], dst)
+            bad = gather_rows(&self.values, NULL, st, ln, n, width, NULL if zero_pad else &pad[0],
+                              dst)
         if bad >= 0:
             raise self.damaged(idx[bad])
         return out, lengths
@@ -899,31 +907,44 @@ cdef class ZstdField(FieldReader):
 
 cdef inline Py_ssize_t shard_of(const int64_t* starts, Py_ssize_t n_parts,
                                 int64_t i) noexcept nogil:
-    """The shard holding checked row ``i``: a binary search of the shards' first rows."""
-    cdef Py_ssize_t lo = 0, hi = n_parts - 1, mid
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if starts[mid] <= i:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """The shard holding checked row ``i``: the last one starting at or before it.
+
+    A binary search whose steps depend on ``n_parts`` only, each a conditional
+    move: random rows cost no mispredicted branches.
+    """
+    cdef Py_ssize_t base = 0, half, size = n_parts
+    while size > 1:
+        half = size // 2
+        base = base + half if starts[base + half] <= i else base
+        size -= half
+    return base
 
 
-cdef tuple group_rows(const int64_t[::1] idx, const int64_t* starts, Py_ssize_t n_parts):
+cdef void locate_rows(const int64_t* idx, Py_ssize_t n, const int64_t* starts,
+                      Py_ssize_t n_parts, int64_t* part, int64_t* local) noexcept nogil:
+    """Each checked row's shard and its row there."""
+    cdef Py_ssize_t j, s
+    for j in range(n):
+        s = shard_of(starts, n_parts, idx[j])
+        part[j] = s
+        local[j] = idx[j] - starts[s]
+
+
+cdef tuple group_rows(const int64_t* idx, Py_ssize_t n, const int64_t* starts,
+                      Py_ssize_t n_parts):
     """Rows grouped by shard (a counting sort, keeping their order within a shard).
 
     Returns ``(grouped, begin, shard, where)``: the rows' local indices, shard
     by shard; where each shard's group begins (``n_parts + 1`` entries); each
     row's shard; and each row's place in ``grouped``.
     """
-    cdef Py_ssize_t j, s, n = idx.shape[0]
+    cdef Py_ssize_t j, s
     begin = np.zeros(n_parts + 1, np.int64)
-    shard = np.empty(n, np.intp)
+    shard = np.empty(n, np.int64)
     grouped = np.empty(n, np.int64)
     where = np.empty(n, np.int64)
     cdef int64_t* bg = <int64_t*>cnp.PyArray_DATA(begin)
-    cdef Py_ssize_t* sh = <Py_ssize_t*>cnp.PyArray_DATA(shard)
+    cdef int64_t* sh = <int64_t*>cnp.PyArray_DATA(shard)
     cdef int64_t* gr = <int64_t*>cnp.PyArray_DATA(grouped)
     cdef int64_t* wh = <int64_t*>cnp.PyArray_DATA(where)
     cdef int64_t* fill = <int64_t*>malloc(max(n_parts, 1) * sizeof(int64_t))
@@ -950,15 +971,19 @@ def split_by_shard(const int64_t[::1] idx, const int64_t[::1] starts):
     shard's first row and the total."""
     if starts.shape[0] < 2:
         raise ValueError("starts must hold each shard's first row and the total")
-    grouped, begin, _, where = group_rows(idx, &starts[0], starts.shape[0] - 1)
+    cdef Py_ssize_t n = idx.shape[0]
+    grouped, begin, _, where = group_rows(&idx[0] if n else NULL, n, &starts[0],
+                                          starts.shape[0] - 1)
     return grouped, begin, where
 
 
 cdef class ShardedField(FieldReader):
     """One field over several shards, rows numbered across them in shard order.
 
-    Each shard's own reader decodes its rows: a batch makes one call per
-    shard, and the rows are put back in the order asked for here, in C.
+    When every shard stores the field raw, a batch is read in one pass by the
+    kernels of :class:`RawField`, each row from its own shard's arrays.
+    Otherwise each shard's reader decodes its rows (one call per shard) and
+    they are put back in the order asked for, in C.
     """
 
     cdef list parts            # a FieldReader per shard
@@ -966,9 +991,10 @@ cdef class ShardedField(FieldReader):
     cdef Py_ssize_t n_parts
     cdef FieldReader current   # the located row's shard reader
     cdef int64_t local         # and its row there
-    # When every shard stores the field raw: their arrays, for batches in one pass.
-    cdef const Paged** values_p
-    cdef const Paged** offsets_p
+    # Raw shards: a copy of each shard's paged arrays (their readers, in ``parts``,
+    # keep the memory they point at).
+    cdef Paged* values
+    cdef Paged* offsets
 
     def __init__(self, list parts, const int64_t[::1] starts):
         cdef FieldReader first, part
@@ -992,19 +1018,20 @@ cdef class ShardedField(FieldReader):
         for s in range(self.n_parts + 1):
             self.starts[s] = starts[s]
         self.n_rows = self.starts[self.n_parts]
-        if all(isinstance(part, RawField) for part in parts):
-            self.values_p = <const Paged**>malloc(self.n_parts * sizeof(Paged*))
-            self.offsets_p = <const Paged**>malloc(self.n_parts * sizeof(Paged*))
-            if self.values_p == NULL or self.offsets_p == NULL:
+        # Exactly RawField: a subclass may read more than these arrays.
+        if all(type(part) is RawField for part in parts):
+            self.values = <Paged*>malloc(self.n_parts * sizeof(Paged))
+            self.offsets = <Paged*>malloc(self.n_parts * sizeof(Paged))
+            if self.values == NULL or self.offsets == NULL:
                 raise MemoryError()
             for s in range(self.n_parts):
-                self.values_p[s] = &(<RawField>parts[s]).values
-                self.offsets_p[s] = &(<RawField>parts[s]).offsets
+                self.values[s] = (<RawField>parts[s]).values
+                self.offsets[s] = (<RawField>parts[s]).offsets
 
     def __dealloc__(self):
         free(self.starts)
-        free(self.values_p)
-        free(self.offsets_p)
+        free(self.values)
+        free(self.offsets)
 
     cdef inline Py_ssize_t shard_of(self, int64_t i) noexcept nogil:
         return shard_of(self.starts, self.n_parts, i)
@@ -1023,12 +1050,12 @@ cdef class ShardedField(FieldReader):
         return self.current.take(self.local)
 
     cdef object column(self, const int64_t[::1] idx, bint raw):
-        cdef Py_ssize_t j, s, n = idx.shape[0]
-        if self.n_parts == 1:
+        cdef Py_ssize_t s, n = idx.shape[0]
+        if self.n_parts == 1 or n == 0:
             return (<FieldReader>self.parts[0]).column(idx, raw)
-        if self.values_p != NULL:
+        if self.values != NULL:
             return self.raw_column(idx, raw)
-        grouped, begin, shard, where = group_rows(idx, self.starts, self.n_parts)
+        grouped, begin, shard, where = group_rows(&idx[0], n, self.starts, self.n_parts)
         parts = [(<FieldReader>self.parts[s]).column(grouped[begin[s]:begin[s + 1]], raw)
                  if begin[s + 1] > begin[s] else None for s in range(self.n_parts)]
         return self.interleave(parts, shard, where, begin, raw)
@@ -1037,85 +1064,75 @@ cdef class ShardedField(FieldReader):
         cdef Py_ssize_t s = self.shard_of(row)
         return (<FieldReader>self.parts[s]).damaged(row - self.starts[s])
 
+    cdef object locate_batch(self, const int64_t[::1] idx):
+        """A (4, n) int64 array: each row's shard and row there, then room for
+        its start and length (variable fields)."""
+        cdef Py_ssize_t n = idx.shape[0]
+        rows = np.empty((4, n), np.int64)
+        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
+        locate_rows(&idx[0], n, self.starts, self.n_parts, part, part + n)
+        return rows
+
     cdef object raw_column(self, const int64_t[::1] idx, bint raw):
-        """A column of raw shards in one pass over the rows, as RawField does for one
-        (with the same CPU prefetching ahead: random rows miss the caches)."""
+        """A column of raw shards in one pass over the rows, as RawField reads one."""
         cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
-        cdef int64_t o0, o1, total = 0, eb = self.eb
-        cdef const uint8_t* p
-        cdef object item
-        cdef list out
-        # Each row's shard and local row; then its start and length (variable fields).
-        where = np.empty(4 * n, np.int64)
-        cdef int64_t* sh = <int64_t*>cnp.PyArray_DATA(where)
-        cdef int64_t* lo = sh + n
-        cdef int64_t* st = sh + 2 * n
-        cdef int64_t* ln = sh + 3 * n
-        for j in range(n):
-            sh[j] = shard_of(self.starts, self.n_parts, idx[j])
-            lo[j] = idx[j] - self.starts[sh[j]]
+        cdef int64_t total
+        cdef uint8_t* dst
+        rows = self.locate_batch(idx)
+        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
+        cdef int64_t* local = part + n
+        cdef int64_t* st = part + 2 * n
+        cdef int64_t* ln = part + 3 * n
         if not self.variable:
             arr = new_array(1, n, 0, self.element_shape, self.typenum)
             dst = <uint8_t*>cnp.PyArray_DATA(arr)
             with nogil:
-                for j in range(n):
-                    if j + PREFETCH_AHEAD < n:
-                        p = paged_addr(self.values_p[sh[j + PREFETCH_AHEAD]], lo[j + PREFETCH_AHEAD])
-                        if p != NULL:
-                            prefetch(p)
-                    if paged_copy(self.values_p[sh[j]], lo[j], lo[j] + 1, dst + j * eb) < 0:
-                        bad = j
-                        break
+                bad = gather_fixed(self.values, part, local, n, dst)
             if bad >= 0:
                 raise self.damaged_at(idx[bad])
             return arr
         with nogil:
-            for j in range(n):
-                if j + PREFETCH_AHEAD < n:
-                    p = paged_addr(self.offsets_p[sh[j + PREFETCH_AHEAD]], lo[j + PREFETCH_AHEAD])
-                    if p != NULL:
-                        prefetch(p)
-                if read_bounds(self.offsets_p[sh[j]], lo[j], &o0, &o1) < 0 \
-                        or o1 > self.values_p[sh[j]].length:
-                    bad = j
-                    break
-                st[j] = o0
-                ln[j] = o1 - o0
-                total += o1 - o0
+            bad = row_bounds(self.offsets, self.values, part, local, n, st, ln, &total)
         if bad >= 0:
             raise self.damaged_at(idx[bad])
         if (self.kind == K_STRING or self.kind == K_BYTES) and not raw:
-            out = PyList_New(n)
-            for j in range(n):
-                if j + PREFETCH_AHEAD < n:
-                    p = paged_addr(self.values_p[sh[j + PREFETCH_AHEAD]], st[j + PREFETCH_AHEAD])
-                    if p != NULL:
-                        prefetch(p)
-                if paged_ptr(self.values_p[sh[j]], st[j], st[j] + ln[j], &p) != 1:
-                    p = (<RawField>self.parts[sh[j]]).contiguous(idx[j], st[j], st[j] + ln[j])
-                item = self.build(idx[j], p, ln[j])
-                Py_INCREF(item)
-                PyList_SET_ITEM(out, j, item)
-            return out
+            return self.objects(idx, part, local, st, ln)
         offsets = np.empty(n + 1, np.int64)
         cdef int64_t* of = <int64_t*>cnp.PyArray_DATA(offsets)
         flat = new_array(1, total, 0, self.element_shape, self.typenum)
         dst = <uint8_t*>cnp.PyArray_DATA(flat)
-        of[0] = 0
         with nogil:
+            bad = gather_rows(self.values, part, st, ln, n, -1, NULL, dst)
+            of[0] = 0
             for j in range(n):
                 of[j + 1] = of[j] + ln[j]
-                if paged_copy(self.values_p[sh[j]], st[j], st[j] + ln[j], dst + of[j] * eb) < 0:
-                    bad = j
-                    break
         if bad >= 0:
             raise self.damaged_at(idx[bad])
         return flat, offsets
 
+    cdef list objects(self, const int64_t[::1] idx, const int64_t* part, const int64_t* local,
+                      const int64_t* st, const int64_t* ln):
+        """str or bytes of every row, made in one loop."""
+        cdef Py_ssize_t j, n = idx.shape[0]
+        cdef list out = PyList_New(n)
+        cdef object item
+        cdef const uint8_t* p
+        for j in range(n):
+            if j + PREFETCH_AHEAD < n:
+                p = paged_addr(self.values + part[j + PREFETCH_AHEAD], st[j + PREFETCH_AHEAD])
+                if p != NULL:
+                    prefetch(p)
+            if paged_ptr(self.values + part[j], st[j], st[j] + ln[j], &p) != 1:  # spans chunks
+                p = (<RawField>self.parts[part[j]]).contiguous(local[j], st[j], st[j] + ln[j])
+            item = self.build(idx[j], p, ln[j])
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, j, item)
+        return out
+
     cdef object interleave(self, list parts, shard, where, begin, bint raw):
         """Rows of the per-shard columns, in the asked order."""
         cdef Py_ssize_t j, s, p, n = len(shard)
-        cdef const Py_ssize_t* sh = <const Py_ssize_t*>cnp.PyArray_DATA(shard)
+        cdef const int64_t* sh = <const int64_t*>cnp.PyArray_DATA(shard)
         cdef const int64_t* wh = <const int64_t*>cnp.PyArray_DATA(where)
         cdef const int64_t* bg = <const int64_t*>cnp.PyArray_DATA(begin)
         cdef list out
@@ -1174,9 +1191,35 @@ cdef class ShardedField(FieldReader):
             free(offs)
 
     cdef object padded(self, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len):
+        cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
+        cdef int64_t total, e, width = min_len
+        cdef const uint8_t* fill = NULL
         self.check_pad(pad)
-        flat, offsets = self.column(idx, True)
-        return pad_ragged(flat, offsets, pad, min_len)
+        if self.n_parts == 1 or n == 0:
+            return (<FieldReader>self.parts[0]).padded(idx, pad, min_len)
+        if self.values == NULL:
+            flat, offsets = self.column(idx, True)
+            return pad_ragged(flat, offsets, pad, min_len)
+        rows = self.locate_batch(idx)
+        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
+        cdef int64_t* st = part + 2 * n
+        cdef int64_t* ln = part + 3 * n
+        with nogil:
+            bad = row_bounds(self.offsets, self.values, part, part + n, n, st, ln, &total)
+        if bad >= 0:
+            raise self.damaged_at(idx[bad])
+        for j in range(n):
+            width = max(width, ln[j])
+        for e in range(self.eb):
+            if pad[e] != 0:
+                fill = &pad[0]  # else zeros: a memset
+        out = new_array(2, n, width, self.element_shape, self.typenum)
+        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
+        with nogil:
+            bad = gather_rows(self.values, part, st, ln, n, width, fill, dst)
+        if bad >= 0:
+            raise self.damaged_at(idx[bad])
+        return out, rows[3]
 
 
 def join_readers(list decoders, const int64_t[::1] starts):
@@ -1194,6 +1237,7 @@ def join_readers(list decoders, const int64_t[::1] starts):
         joined.shard_starts[s] = starts[s]
     joined.n_shards = n
     joined.shard_decoders = list(decoders)
+    joined.mapped_shards = any((<Decoder>d).map_base != NULL for d in decoders)
     return joined
 
 
@@ -1242,6 +1286,7 @@ cdef class Decoder:
     cdef list shard_decoders
     cdef int64_t* shard_starts
     cdef Py_ssize_t n_shards
+    cdef bint mapped_shards   # some shard is memory-mapped: batches may be cold
 
     def __init__(self, int64_t n_rows, list fields, memory_map=None):
         cdef const uint8_t[::1] view
@@ -1410,6 +1455,8 @@ cdef class Decoder:
     cdef bint _resident(self, const int64_t* rows, Py_ssize_t n) except -1:
         """Whether rows' index entries, then their data, are in the page cache."""
         cdef bint data
+        if self.shard_decoders is not None:
+            return self._shards_resident(rows, n)
         for data in (False, True):
             if self._collect(rows, n, data) < 0:
                 raise MemoryError()
@@ -1423,6 +1470,8 @@ cdef class Decoder:
         span (reading the index entries waits for the first round only)."""
         cdef bint data
         cdef int failed = 0
+        if self.shard_decoders is not None:
+            return self._fetch_shards(rows, n)
         with nogil:
             for data in (False, True):
                 failed = self._collect(rows, n, data)
@@ -1448,9 +1497,7 @@ cdef class Decoder:
         cdef int64_t sample[SAMPLE_ROWS]
         cdef Py_ssize_t m = min(n, SAMPLE_ROWS)
         self._own()
-        if self.shard_decoders is not None and n:
-            return self._prefetch_shards(idx)
-        if self.map_base == NULL or n == 0:
+        if n == 0 or (self.map_base == NULL and not self.mapped_shards):
             return False
         if self.cold_batches > 0:
             self.cold_batches -= 1
@@ -1470,16 +1517,31 @@ cdef class Decoder:
         self._fetch(&idx[0], n)
         return True
 
-    cdef bint _prefetch_shards(self, const int64_t[::1] idx) except -1:
-        """Each shard's decoder prefetches its own rows of the batch."""
+    # Over shards, the policy above is this decoder's, as for one file (a warm batch
+    # costs one sample); its rows are tested and fetched by their shards' decoders.
+    cdef bint _shards_resident(self, const int64_t* rows, Py_ssize_t n) except -1:
+        cdef Py_ssize_t j, s
+        cdef int64_t local
+        cdef Decoder shard
+        for j in range(n):
+            s = shard_of(self.shard_starts, self.n_shards, rows[j])
+            shard = <Decoder>self.shard_decoders[s]
+            local = rows[j] - self.shard_starts[s]
+            if shard.map_base != NULL and not shard._resident(&local, 1):
+                return False
+        return True
+
+    cdef int _fetch_shards(self, const int64_t* rows, Py_ssize_t n) except -1:
         cdef Py_ssize_t s
-        cdef bint fetched = False
-        grouped, begin, _, _ = group_rows(idx, self.shard_starts, self.n_shards)
+        cdef Decoder shard
+        grouped, begin, _, _ = group_rows(rows, n, self.shard_starts, self.n_shards)
+        cdef const int64_t[::1] gr = grouped
         cdef const int64_t[::1] bg = begin
         for s in range(self.n_shards):
-            if bg[s + 1] > bg[s]:
-                fetched |= (<Decoder>self.shard_decoders[s]).prefetch(grouped[bg[s]:bg[s + 1]])
-        return fetched
+            shard = <Decoder>self.shard_decoders[s]
+            if bg[s + 1] > bg[s] and shard.map_base != NULL:
+                shard._fetch(&gr[bg[s]], bg[s + 1] - bg[s])
+        return 0
 
     cdef int _row_prefetch(self, int64_t i) except -1:
         """The single-row policy: test residency every ROW_CHECK_EVERY rows, and

@@ -4,8 +4,9 @@ A sharded dataset is a folder holding the shards and ``manifest.json``
 (written last), a list of files, or a glob pattern. :class:`ShardedDataset`
 composes one :class:`~h5record.H5Dataset` per shard and maps global row
 ``i`` to ``(shard, local row)`` over the cumulative row counts; a batch
-that spans shards is decoded with one call per shard and reassembled in
-the batch's order. ``H5Dataset(folder | list | glob)`` returns one.
+that spans shards is decoded by one compiled call per field, in the
+batch's order (``_fast.ShardedField``). ``H5Dataset(folder | list | glob)``
+returns one.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import h5record
-from h5record import FormatError, H5Dataset, H5Writer, Integer, SchemaError, Sequence, String
+from h5record import (
+    FormatError,
+    H5Dataset,
+    H5Writer,
+    Integer,
+    SchemaError,
+    Sequence,
+    String,
+    _fast,
+    _reference,
+)
+from h5record.fields import Kind
+from h5record.profile import evict
 from h5record.shards import MANIFEST_NAME, ShardedDataset, shard_entry, write_manifest
 
 from . import strategies as sts
+from .test_fast import (
+    VARIABLE_KINDS,
+    Pages,
+    _damaged_field,
+    _pad_for,
+    _random_values,
+    _same,
+    variable_field,
+)
 
 SCHEMA = [
     Integer("id"),
@@ -300,3 +322,199 @@ def test_verify_checks_single_rows_of_every_shard_too(tmp_path):
     for _ in range(2):  # every read, not only the first
         with pytest.raises(FormatError, match="r1.h5"):
             ds[57]
+
+
+# -- the compiled decoder over shards, against the reference over one buffer -----------------
+
+
+def _build(rng, kinds, columns, a, b, chunks) -> list[dict]:
+    """Field specs of rows ``a:b`` of ``columns``, in pages of their own."""
+    pages = Pages(rng)
+    fields = []
+    for k, (kind, (dtype, tail, rows)) in enumerate(zip(kinds, columns, strict=True)):
+        name = f"{kind}{k}"
+        if kind in ("string", "bytes"):
+            code = Kind.STRING if kind == "string" else Kind.BYTES
+            fields.append(variable_field(pages, name, code, rows[a:b], chunks=chunks[k]))
+        elif kind in ("variable", "frames"):
+            fields.append(
+                variable_field(pages, name, Kind.VARIABLE, rows[a:b], dtype, tail, chunks[k])
+            )
+        else:
+            values = rows[a:b]
+            fields.append(
+                {
+                    "name": name,
+                    "kind": Kind.SCALAR if kind == "scalar" else Kind.FIXED,
+                    "dtype": dtype,
+                    "element_shape": tail,
+                    "values": pages.add(
+                        values.tobytes(), rows[0:1].nbytes, chunks[k][0], len(values)
+                    ),
+                }
+            )
+    pages.build()
+    return fields
+
+
+@st.composite
+def sharded_inputs(draw):
+    """Rows of every field kind as one set of fields and cut into shards (empty
+    ones too), each shard with chunk lengths of its own; and batch indices."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 30))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
+    bounds = [0, *cuts, n]
+    kinds = draw(
+        st.lists(
+            st.sampled_from(["string", "bytes", "scalar", "fixed", "variable", "frames"]),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    columns = []
+    for kind in kinds:
+        dtype = np.dtype(draw(st.sampled_from(sts.NUMERIC_DTYPES))).newbyteorder("<")
+        if kind == "string":
+            rows = [draw(sts.small_text).encode() for _ in range(n)]
+        elif kind == "bytes":
+            rows = [rng.bytes(int(rng.integers(0, 9))) for _ in range(n)]
+        elif kind in ("variable", "frames"):
+            tail = () if kind == "variable" else (2, 1, 3)
+            rows = [_random_values(rng, dtype, (int(rng.integers(0, 5)), *tail)) for _ in range(n)]
+            columns.append((dtype, tail, rows))
+            continue
+        else:
+            tail = () if kind == "scalar" else (2, 3)
+            rows = _random_values(rng, dtype, (n, *tail))
+            columns.append((dtype, tail, rows))
+            continue
+        columns.append((np.dtype("u1"), (), rows))
+    chunk = st.tuples(st.integers(1, 7), st.integers(1, 7))
+    whole = _build(rng, kinds, columns, 0, n, [draw(chunk) for _ in kinds])
+    parts = [
+        _build(rng, kinds, columns, a, b, [draw(chunk) for _ in kinds]) for a, b in pairwise(bounds)
+    ]
+    idx = draw(st.lists(st.integers(-n, n - 1), max_size=40))
+    return n, bounds, whole, parts, idx
+
+
+@settings(max_examples=60)
+@given(sharded_inputs(), st.integers(0, 6))
+def test_joined_decoder_equals_the_reference(inputs, min_len):
+    """Raw shards: batches in any order, with repeats, read by the single-file
+    kernels each row from its shard, equal to one decoder over all rows."""
+    n, bounds, whole, parts, idx = inputs
+    ref, one = _reference.Decoder(n, whole), _fast.Decoder(n, whole)
+    decoders = [_fast.Decoder(b - a, p) for (a, b), p in zip(pairwise(bounds), parts, strict=True)]
+    joined = _fast.join_readers(decoders, np.array(bounds, np.int64))
+    assert joined.n_rows == n and joined.names == ref.names
+    for i in range(n):
+        _same(joined.row(i), ref.row(i))
+        _same(joined.row(i - n), ref.row(i))
+    checked = joined.rows_index(idx)
+    assert joined.prefetch(checked) is False  # nothing is memory-mapped
+    rng = np.random.default_rng(len(idx))
+    for k, field in enumerate(whole):
+        for rows in (checked, checked[:0], checked[::-1].copy()):
+            _same(joined.column(k, rows), ref.column(k, rows))
+        if field["kind"] in VARIABLE_KINDS:
+            _same(joined.column(k, checked, True), one.column(k, checked, True))
+            pad = _pad_for(field, rng)
+            _same(joined.padded(k, checked, pad, min_len), ref.padded(k, checked, pad, min_len))
+
+
+@pytest.mark.parametrize("kind", ["string", "bytes", "variable", "fixed", "scalar"])
+@pytest.mark.parametrize("damaged_shard", [0, 1])
+def test_damage_in_one_shard_raises_in_batches(kind, damaged_shard):
+    n, good = _damaged_field(kind, "none")
+    damage = "values-chunk-absent" if kind in ("fixed", "scalar") else "offsets-past-end"
+    _, bad = _damaged_field(kind, damage)
+    fields = [bad, good] if damaged_shard == 0 else [good, bad]
+    joined = _fast.join_readers(
+        [_fast.Decoder(n, f) for f in fields], np.array([0, n, 2 * n], np.int64)
+    )
+    rows = np.arange(2 * n, dtype=np.int64)[::-1].copy()
+    with pytest.raises(FormatError, match=r"field 'x', row \d"):
+        joined.column(0, rows)
+    if kind not in ("fixed", "scalar"):
+        with pytest.raises(FormatError, match=r"field 'x', row \d"):
+            joined.padded(0, rows, _pad_for(bad[0], np.random.default_rng(0)))
+    good_rows = rows[rows >= n] if damaged_shard == 0 else rows[rows < n]
+    _same(joined.column(0, good_rows), _fast.Decoder(n, good).column(0, good_rows % n))
+
+
+# -- every codec, through the dataset ----------------------------------------------------------
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("none", [None] * 5),  # one pass by the single-file kernels
+        ("zstd", ["zstd"] * 5),  # each shard's reader, rows put back in order in C
+        ("none+zstd", [None, "zstd", None, None, "zstd"]),
+        ("filtered", ["lzf", None, "gzip", None, "zstd"]),  # fields some shards do not map
+    ],
+    ids=lambda p: p[0],
+)
+def codec_shards(request, tmp_path_factory, data):
+    single, _, _ = data
+    folder = tmp_path_factory.mktemp(f"codecs-{request.param[0]}")
+    paths = []
+    for k, codec in enumerate(request.param[1]):
+        rows = map(make_row, range(BOUNDS[k], BOUNDS[k + 1]))
+        paths.append(write(folder / f"part-{k:05d}.h5", rows, compression=codec))
+    return single, paths
+
+
+def test_every_codec_reads_batches_as_the_single_file(codec_shards):
+    single, paths = codec_shards
+    one, ds = H5Dataset(single), H5Dataset(paths)
+    rng = np.random.default_rng(7)
+    batches = [
+        rng.integers(-300, 300, 64),  # across shards, unsorted, repeats, negative
+        np.array([299, 0, 120, 37, 36, 120, 120, 0]),  # shard edges, the 1-row shard
+        np.array([121, 121]),  # one shard
+        np.array([], np.int64),
+    ]
+    for idx in batches:
+        got, want = ds[idx], one[idx]
+        for name in one.names:
+            _assert_column_equal(got.column(name), want.column(name))
+        assert_batches_equal(got, want)
+        if len(idx):
+            pad = h5record.Collate(pad_value=-3)
+            assert_collated_equal(pad(got), pad(want))
+            assert_collated_equal(h5record.collate(got), h5record.collate(want))
+    for i in rng.integers(-300, 300, 50).tolist():
+        sts.assert_row_equal(ds[i], one[i])
+
+
+def test_cold_shards_are_fetched_by_their_own_decoders(tmp_path):
+    rng = np.random.default_rng(3)
+    schema = [String("text"), h5record.Bytes("blob"), Integer("label")]
+    paths, rows = [], []
+    for k in range(3):
+        part = [
+            {
+                "text": f"row {k}-{i} " + "x" * int(rng.integers(0, 300)),
+                "blob": rng.bytes(int(rng.integers(0, 9000))),
+                "label": i,
+            }
+            for i in range(800)
+        ]
+        paths.append(write(tmp_path / f"part-{k}.h5", part, schema, "zstd" if k == 1 else None))
+        rows += part
+    for path in paths:
+        Path(path).read_bytes()  # warm, and not mapped by any process
+    ds = H5Dataset(paths)
+    idx = ds.rows_index(np.arange(0, len(rows), 5)[::-1])
+    decoder = ds._decoder()
+    assert decoder.prefetch(idx) is False
+    evict(paths)
+    if decoder.prefetch(idx) is False:
+        pytest.skip("this filesystem keeps the pages cached (e.g. tmpfs)")
+    assert decoder.prefetch(idx) is True  # cold mode lasts a few batches
+    assert ds[idx].to_list() == [rows[i] for i in idx.tolist()]
+    mem = H5Dataset(paths, in_memory="process")
+    assert mem._decoder().prefetch(idx) is False
