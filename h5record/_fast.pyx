@@ -824,6 +824,37 @@ cdef class ZstdField(FieldReader):
         self.cached = j
         return 0
 
+    def elements(self):
+        """Elements of all rows together, from the frame headers alone (no decompression).
+
+        Each frame's header records its decompressed size (docs/FORMAT.md,
+        section 5); sizes that disagree with the block's rows are damage.
+        """
+        cdef int64_t R = self.io.rows_per_block, j, c0, c1, r, size, take, total = 0
+        cdef int64_t nb = (self.n_rows + R - 1) // R
+        cdef uint8_t head[18]  # ZSTD_FRAMEHEADERSIZE_MAX
+        cdef unsigned long long content
+        for j in range(nb):
+            if read_bounds(&self.blocks, j, &c0, &c1) < 0:
+                raise self.damaged(j * R)
+            take = min(c1 - c0, 18)
+            if paged_copy(&self.values, c0, c0 + take, head) < 0:
+                raise self.damaged(j * R)
+            content = ZSTD_getFrameContentSize(head, take)
+            if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
+                raise self.damaged(j * R)
+            size = <int64_t>content
+            r = min(R, self.n_rows - j * R)
+            if not self.variable:
+                if size != r * self.eb:
+                    raise self.damaged(j * R)
+                total += r
+            elif size < 4 * r or self.eb <= 0 or (size - 4 * r) % self.eb:
+                raise self.damaged(j * R)
+            else:
+                total += (size - 4 * r) // self.eb
+        return total
+
     cdef int span(self, int64_t row, const uint8_t** ptr, int64_t* nelem) except -1:
         """Point at row ``row`` in its decompressed block."""
         cdef int64_t R = self.io.rows_per_block
@@ -1390,6 +1421,15 @@ cdef class Decoder:
         self._own()
         reader = self._reader(k)
         return reader.column(idx, raw)
+
+    def zstd_elements(self, int k):
+        """Elements of all rows of zstd field ``k``, from its frame headers (no decompression)."""
+        cdef FieldReader reader
+        self._own()
+        reader = self._reader(k)
+        if not isinstance(reader, ZstdField):
+            raise TypeError(f"field {reader.name!r} is not a zstd field")
+        return (<ZstdField>reader).elements()
 
     def padded(self, int k, const int64_t[::1] idx, const uint8_t[::1] pad, int64_t min_len=0):
         """Gather variable field ``k`` of rows ``idx`` into one padded array.

@@ -43,6 +43,8 @@ _HEADER = struct.Struct("<8sQQ")  # magic, state, header JSON length
 _HEADER_BYTES = 64 << 10  # header page: magic, state, JSON slot table
 _READY = 1
 _PROGRESS_BYTES = 256 << 20
+# zstd fields are decompressed into the cache about this many bytes at a time.
+DECOMPRESS_BYTES = 64 << 20
 
 
 class SharedMemoryError(H5RecordError, MemoryError):
@@ -73,9 +75,59 @@ def _plan(shapes: list[tuple[str, str, str, tuple[int, ...]]]) -> tuple[list[Slo
     return slots, pos
 
 
-def _array_shapes(
-    layout: reader.FileLayout, decoded: dict[str, dict[str, np.ndarray]], compressed: bool
-):
+class _Decompress:
+    """The zstd fields that the cache holds decompressed, decoded straight into it.
+
+    Their sizes come from the frames' headers, so the cache's size is known
+    (and checked against its limit and the free memory) before anything is
+    decompressed, and each field is then decompressed a few blocks at a time
+    into its place in the segment, never whole into private memory first.
+    """
+
+    def __init__(self, layout: reader.FileLayout, compressed: bool) -> None:
+        fields = [] if compressed else [fl for fl in layout.fields if fl.zstd is not None]
+        self.index = {fl.field.name: k for k, fl in enumerate(fields)}
+        self.decoder = reader.zstd_decoder(layout, fields) if fields else None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.index
+
+    def elements(self, name: str) -> int:
+        return int(self.decoder.zstd_elements(self.index[name]))
+
+    def fill(self, fl: reader.FieldLayout, dest: dict[str, np.ndarray], where: str) -> None:
+        """Decompress field ``fl`` into ``dest`` (values, and offsets if variable)."""
+        assert fl.zstd is not None
+        k, n = self.index[fl.field.name], self.decoder.n_rows
+        blocks = max(1, DECOMPRESS_BYTES // max(int(fl.zstd["max_block_bytes"]), 1))
+        step = int(fl.zstd["rows_per_block"]) * blocks
+        values, offsets = dest["values"], dest.get("offsets")
+        end = 0
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            rows = np.arange(a, b, dtype=np.int64)
+            if offsets is None:
+                values[a:b] = self.decoder.column(k, rows)
+                continue
+            flat, starts = self.decoder.column(k, rows, raw=True)
+            if end + len(flat) > len(values):
+                raise reader.FormatError(
+                    f"{where}: rows {a}-{b - 1} hold more elements than the frame headers "
+                    "declare; the file is damaged"
+                )
+            values[end : end + len(flat)] = flat
+            offsets[a + 1 : b + 1] = starts[1:] + end
+            end += len(flat)
+        if offsets is not None:
+            offsets[0] = 0
+            if end != len(values):
+                raise reader.FormatError(
+                    f"{where}: its rows hold {end} elements, the frame headers declare "
+                    f"{len(values)}; the file is damaged"
+                )
+
+
+def _array_shapes(layout: reader.FileLayout, decompress: _Decompress, compressed: bool):
     """(field, key, dtype, shape) of every array the cache will hold."""
     import h5py
 
@@ -86,21 +138,20 @@ def _array_shapes(
     with reader.HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             fld = fl.field
-            if fld.name in decoded:
-                for key, arr in decoded[fld.name].items():
-                    out.append((fld.name, key, arr.dtype.str, arr.shape))
-                continue
             if compressed and fl.zstd is not None:
                 n_blocks, end = reader.zstd_extent(f, fl, n)
                 out.append((fld.name, spec.BLOCKS, "<i8", (n_blocks + 1,)))
                 out.append((fld.name, spec.VALUES, "|u1", (end,)))
                 continue
             if fld.variable:
-                end = int(f[spec.field_path(fld.name, spec.OFFSETS)][n]) if n else 0
-                if not 0 <= end <= fl.values_len:
-                    raise reader.FormatError(
-                        f"{layout.path}: field {fld.name!r}: offsets are damaged"
-                    )
+                if fld.name in decompress:
+                    end = decompress.elements(fld.name)
+                else:
+                    end = int(f[spec.field_path(fld.name, spec.OFFSETS)][n]) if n else 0
+                    if not 0 <= end <= fl.values_len:
+                        raise reader.FormatError(
+                            f"{layout.path}: field {fld.name!r}: offsets are damaged"
+                        )
                 out.append((fld.name, "offsets", "<i8", (n + 1,)))
                 out.append((fld.name, "values", fld.dtype.str, (end, *fld.element_shape)))
             else:
@@ -171,13 +222,13 @@ class SharedCache:
         """
         if named:
             return _load_named(layout, progress, limit, compressed)
-        decoded = _decode_zstd(layout, compressed)
-        slots, size = _plan(_array_shapes(layout, decoded, compressed))
+        decompress = _Decompress(layout, compressed)
+        slots, size = _plan(_array_shapes(layout, decompress, compressed))
         _check(size, False, layout.path, limit)
         fd = os.memfd_create(f"h5record:{os.path.basename(layout.path)}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
-            _fill(fd, size, slots, layout, decoded, progress)
+            _fill(fd, size, slots, layout, decompress, progress)
             return cls(fd, size, slots)
         except BaseException:
             os.close(fd)
@@ -235,49 +286,62 @@ def _from_dupfd(dupfd: Any, size: int, slots: list[Slot]) -> SharedCache:
     return SharedCache(dupfd.detach(), size, slots)
 
 
-def _decode_zstd(layout: reader.FileLayout, compressed: bool) -> dict[str, dict[str, np.ndarray]]:
-    if compressed:
-        return {}  # frames are copied from the file as they are
-    fields = [fl for fl in layout.fields if fl.zstd is not None]
-    return reader._decompress_fields(layout, fields) if fields else {}
-
-
 def _fill(
     fd: int,
     size: int,
     slots: list[Slot],
     layout: reader.FileLayout,
-    decoded: dict[str, dict[str, np.ndarray]],
+    decompress: _Decompress,
     progress: bool | None,
 ) -> None:
-    """Copy every array into the segment: HDF5 reads straight into shared memory."""
+    """Write every array into the segment: HDF5 reads and zstd decompresses straight into it."""
     import h5py
-
-    from . import spec
 
     mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     bar = _bar(progress, size, layout.path)
+    by_field: dict[str, list[Slot]] = {}
+    for slot in slots:
+        by_field.setdefault(slot.field, []).append(slot)
     try:
         with reader.HDF5_LOCK, h5py.File(layout.path, "r") as f:
-            for slot in slots:
-                dest = np.frombuffer(
-                    mm, slot.dtype, int(np.prod(slot.shape, dtype=np.int64)), slot.offset
-                ).reshape(slot.shape)
-                try:
-                    if slot.field in decoded:
-                        dest[...] = decoded[slot.field][slot.key]
-                    elif slot.shape[0]:
-                        dset = f[spec.field_path(slot.field, slot.key)]
-                        where = f"{layout.path}: field {slot.field!r}"
-                        reader.read_hdf5(dset, np.s_[0 : slot.shape[0]], where, out=dest)
-                finally:
-                    del dest  # a live view of the map would make mm.close() fail
+            for fl in layout.fields:
+                _fill_field(f, mm, fl, by_field[fl.field.name], decompress, layout.path)
                 if bar is not None:
-                    bar.update(slot.nbytes)
+                    bar.update(sum(slot.nbytes for slot in by_field[fl.field.name]))
     finally:
-        mm.close()
+        try:
+            mm.close()
+        except BufferError:  # views held by an error's traceback: unmapped when it goes
+            pass
         if bar is not None:
             bar.close()
+
+
+def _fill_field(
+    f: Any,
+    mm: mmap.mmap,
+    fl: reader.FieldLayout,
+    slots: list[Slot],
+    decompress: _Decompress,
+    path: str,
+) -> None:
+    from . import spec
+
+    name = fl.field.name
+    where = f"{path}: field {name!r}"
+    dest = {
+        slot.key: np.frombuffer(
+            mm, slot.dtype, int(np.prod(slot.shape, dtype=np.int64)), slot.offset
+        ).reshape(slot.shape)
+        for slot in slots
+    }
+    if name in decompress:
+        decompress.fill(fl, dest, where)
+        return
+    for key, arr in dest.items():
+        if arr.shape[0]:
+            dset = f[spec.field_path(name, key)]
+            reader.read_hdf5(dset, np.s_[0 : arr.shape[0]], where, out=arr)
 
 
 def _bar(progress: bool | None, size: int, path: str) -> Any:
@@ -322,14 +386,14 @@ def _load_named(
             if attached is None:
                 # New, or stale: a loader died before marking it ready.
                 os.ftruncate(fd, 0)
-                decoded = _decode_zstd(layout, compressed)
-                slots, size = _plan(_array_shapes(layout, decoded, compressed))
+                decompress = _Decompress(layout, compressed)
+                slots, size = _plan(_array_shapes(layout, decompress, compressed))
                 # The reaper starts first: it also removes the segment if the
                 # size check or the filling fails, or this process dies.
                 _start_reaper(name)
                 _check(size, True, layout.path, limit)
                 os.ftruncate(fd, size)
-                _fill(fd, size, slots, layout, decoded, progress)
+                _fill(fd, size, slots, layout, decompress, progress)
                 _write_ready(fd, slots)
             else:
                 slots, size = attached

@@ -430,14 +430,19 @@ def load_arrays(
     return out
 
 
-def _decompress_fields(layout: FileLayout, fields: list[FieldLayout]) -> dict[str, dict]:
-    """Decompress zstd fields whole, block by block, through the kernels."""
+def zstd_decoder(layout: FileLayout, fields: list[FieldLayout]) -> Any:
+    """A Decoder of just ``fields`` (zstd fields) over a sequential map of the file."""
     from ._fast import Decoder
 
     sub = FileLayout(
         layout.path, layout.schema, layout.num_rows, layout.version, layout.file_size, fields
     )
-    decoder = Decoder(layout.num_rows, decoder_fields(sub, map_file(layout.path, random=False)))
+    return Decoder(layout.num_rows, decoder_fields(sub, map_file(layout.path, random=False)))
+
+
+def _decompress_fields(layout: FileLayout, fields: list[FieldLayout]) -> dict[str, dict]:
+    """Decompress zstd fields whole, block by block, through the kernels."""
+    decoder = zstd_decoder(layout, fields)
     out = {}
     everything = np.arange(layout.num_rows, dtype=np.int64)
     for k, fl in enumerate(fields):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,13 +10,14 @@ import sys
 import textwrap
 import time
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import h5record
-from h5record import H5Dataset, H5Writer, Integer, Sequence, String, cache, codecs
+from h5record import Bytes, H5Dataset, H5Writer, Image, Integer, Sequence, String, cache, codecs
 
 N = 400
 
@@ -148,6 +150,82 @@ def test_cache_limit_fails_before_loading(data_file):
     assert issubclass(cache.SharedMemoryError, MemoryError)
 
 
+@pytest.mark.parametrize("mode", [True, "node"])
+def test_cache_limit_fails_before_decompressing(data_file, monkeypatch, mode):
+    """The decompressed size comes from the frame headers: a cache too large for
+    its limit is refused before any frame is decompressed."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decompressed before the size check")
+
+    monkeypatch.setattr(cache._Decompress, "fill", refuse)
+    monkeypatch.setattr(h5record.reader, "_decompress_fields", refuse)
+    before = _segments()
+    with pytest.raises(cache.SharedMemoryError, match=r"needs .* but its limit is"):
+        H5Dataset(data_file, in_memory=mode, cache_limit=1000)
+    # The size the check used is the one a load fills.
+    monkeypatch.undo()
+    with H5Dataset(data_file, in_memory=mode) as ds:
+        tokens = ds.cache.arrays()["tokens"]
+        assert len(tokens["values"]) == sum(i % 37 for i in range(N))
+        assert tokens["offsets"][-1] == len(tokens["values"])
+        del tokens  # a view of the segment would keep it mapped
+    assert _wait_gone(_segments() - before) == set()
+
+
+@pytest.fixture(scope="module")
+def zstd_file(tmp_path_factory):
+    """Every kind of zstd field over many frames, empty rows included."""
+    path = tmp_path_factory.mktemp("cache") / "zstd.h5"
+    rng = np.random.default_rng(5)
+    z = codecs.zstd(block_bytes=512)
+    schema = [
+        Integer("id", compression=z),
+        String("text", compression=codecs.zstd(block_bytes=512, dictionary=True)),
+        Sequence("tokens", dtype="int32", compression=z),
+        Sequence("points", dtype="float32", compression=z),
+        Bytes("blob", compression=z),
+        Image(4, 4, 3, "image", compression=z),
+    ]
+    rows = []
+    for i in range(1500):
+        rows.append(
+            {
+                "id": i,
+                "text": "" if i % 11 == 0 else f"row {i} " + "é" * (i % 7),
+                "tokens": rng.integers(0, 50, i % 23).astype(np.int32),
+                "points": np.full(i % 4, i / 3, np.float32),
+                "blob": bytes(i % 13) + b"x",
+                "image": np.full((3, 4, 4), i % 256, np.uint8),
+            }
+        )
+    with H5Writer(path, schema, progress=False) as w:
+        for row in rows:
+            w.write(row)
+    with h5py.File(path, "r") as f:
+        stored = {e["name"]: e["codec"]["id"] for e in json.loads(f.attrs["schema"])["fields"]}
+    assert set(stored.values()) == {"zstd"}, stored
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", [True, "node", "process"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_zstd_fields_load_in_every_mode(zstd_file, monkeypatch, mode, compressed):
+    # A few blocks at a time: every field is decompressed in many pieces.
+    monkeypatch.setattr(cache, "DECOMPRESS_BYTES", 1)
+    disk = H5Dataset(zstd_file)
+    with H5Dataset(zstd_file, in_memory=mode, cache_compressed=compressed) as mem:
+        every = np.arange(len(disk))
+        assert mem[every] == disk[every]
+        for name in ("tokens", "points", "image"):
+            assert all(np.array_equal(mem[i][name], disk[i][name]) for i in range(0, len(disk), 7))
+        if mode is not True:
+            return
+        keys = {name: set(arrays) for name, arrays in mem.cache.arrays().items()}
+        for name in ("text", "tokens", "points", "blob"):
+            assert keys[name] == ({"values", "blocks"} if compressed else {"values", "offsets"})
+
+
 def test_small_dev_shm_is_a_clear_error(data_file, monkeypatch):
     class Tiny:
         f_bavail = 10
@@ -238,3 +316,21 @@ def test_changed_file_gets_a_new_segment_name(tmp_path):
     with H5Writer(path, [Integer("a")], overwrite=True, progress=False) as w:
         w.write({"a": 2})
     assert cache.segment_name(str(path)) != first
+
+
+def test_a_frame_header_that_lies_is_damage_before_loading(zstd_file, tmp_path):
+    path = str(tmp_path / "damaged.h5")
+    with open(zstd_file, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(path, "r+") as f:
+        fields = json.loads(f.attrs["schema"])["fields"]
+        R = next(e["codec"]["rows_per_block"] for e in fields if e["name"] == "tokens")
+        g = f["fields/tokens"]
+        start = int(g["blocks"][3])
+        head = g["values"][start : start + 6]
+        # Frame header: magic (4), descriptor (1), window byte unless single-segment,
+        # then the content size (no dictionary id in h5record frames).
+        at = start + (5 if head[4] & 0x20 else 6)
+        g["values"][at] = (int(g["values"][at]) + 1) % 256  # 1 more byte than the rows hold
+    with pytest.raises(h5record.FormatError, match=f"field 'tokens', row {3 * R}:"):
+        H5Dataset(path, in_memory=True)
