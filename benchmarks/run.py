@@ -21,7 +21,10 @@ Markdown tables:
    appends (:mod:`benchmarks.write`);
 6. convert: a Parquet file and a DataFrame of 1M text pairs into h5record,
    beside reading the Parquet file alone and writing the output's bytes
-   (:mod:`benchmarks.convert`).
+   (:mod:`benchmarks.convert`);
+7. shards: the same rows as one file and as 4 shards, read warm with
+   repeats interleaved, and ``write_shards`` with 1 and 2 processes
+   (:mod:`benchmarks.shards`).
 
 ``python -m benchmarks.run --quick`` is the small version that ``make demo``
 runs; ``python -m benchmarks.run`` the full one. Every figure is a median of
@@ -50,7 +53,7 @@ import numpy as np
 import h5record
 from h5record import H5Dataset, H5Writer, codecs
 
-from . import chart, cold, convert, harness, workloads, write
+from . import chart, cold, convert, harness, shards, workloads, write
 from .baselines import FlatMemmapDataset, LegacyH5Dataset
 from .harness import Table
 from .workloads import SCHEMAS
@@ -238,6 +241,7 @@ def _goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
         ),
         *_write_goals(),
         *_convert_goals(),
+        *_shard_goals(),
     ]
 
 
@@ -256,6 +260,44 @@ def _convert_goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
             -20,
         ),
     ]
+
+
+def _shard_goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
+    """The goals of issue 10, on the figures of :mod:`benchmarks.shards`."""
+
+    def x(name: str, metric: str) -> Callable[[dict], float]:
+        return lambda r: r[("shards", name)][f"{metric}_x_cpu"]
+
+    # Ratios of CPU time: the wall-clock ones are in the section's table, and
+    # on a busy machine they also measure what other processes took.
+    goals: list[tuple[str, Callable[[dict], float | None], float]] = []
+    for name in ("text", "tokens", "images"):
+        goals += [
+            (f"4 shards: {name} ds[i] >= 0.9x one file (CPU)", x(name, "row_rows_s"), 0.9),
+            (
+                f"4 shards: {name} batch of 256 >= 0.9x one file (CPU)",
+                x(name, "batch_rows_s"),
+                0.9,
+            ),
+            (
+                f"4 shards: {name} DataLoader nw=0 >= 0.9x one file (CPU)",
+                x(name, "dl_nw0"),
+                0.9,
+            ),
+        ]
+    goals += [
+        (
+            "write_shards of text pairs: 2 processes >= 1.7x one (whole call)",
+            lambda r: r[("shards write",)]["x"],
+            1.7,
+        ),
+        (
+            "write_shards of text pairs: 2 processes >= 1.7x one (after start-up)",
+            lambda r: r[("shards write",)]["x_after_start"],
+            1.7,
+        ),
+    ]
+    return goals
 
 
 def _write_goals() -> list[tuple[str, Callable[[dict], float | None], float]]:
@@ -723,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes, about five minutes on 2 cores"
     )
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
-    parser.add_argument("--sections", default="core,compression,memory,cold,write,convert")
+    parser.add_argument("--sections", default="core,compression,memory,cold,write,convert,shards")
     parser.add_argument("--dir", default=None, help="folder for temporary files")
     parser.add_argument(
         "--chart",
@@ -805,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
             write.run(loaded, folder, quick, results)
         if "convert" in sections:
             convert.run(folder, 1_000_000, 3 if quick else 5, results).print()
+        if "shards" in sections:
+            shards.run(loaded, folder, quick, results)
         check_goals(results).print()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

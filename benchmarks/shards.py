@@ -1,0 +1,332 @@
+"""Sharded datasets: 4 shards read against one file of the same rows, and parallel writes.
+
+For each workload (text pairs, token sequences, images) the same rows are
+written twice: as one file, and as 4 shards of equal size (a folder with
+``manifest.json``, opened with ``H5Dataset(folder)``). Both are then read
+warm, with repeats interleaved (one file and the shards in turn, who goes
+first alternating) so that both see the same moments of a busy machine;
+every repeat reads random rows of its own, the same for both:
+
+- ``ds[i]``: random single rows in a Python loop;
+- batch of 256: ``ds[idx]`` with a random int64 array of 256 rows, every
+  column decoded (``Batch.columns``);
+- DataLoader: ``h5record.DataLoader(batch_size=256, num_workers=0)`` over
+  random rows, its collate included (padded tensors for tokens).
+
+Every rate is the median of the repeats, and the ratio of the shards' to
+the one file's is shown twice: of wall-clock time, and of the reading
+thread's CPU time, which leaves out what other processes take on a shared
+machine. Then :func:`h5record.write_shards` writes text pairs as 4 shards
+with 1 and with 2 worker processes (spawn, each reading its rows from the
+one file), repeats interleaved, beside the same call on empty inputs (the
+start-up a large job pays once).
+
+``python -m benchmarks.run --sections shards`` runs this section alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import h5record
+from h5record import H5Dataset, H5Writer, write_shards
+from h5record.shards import shard_entry, write_manifest
+
+from . import workloads
+from .harness import Table
+from .workloads import SCHEMAS
+
+SEED = 0
+BATCH = 256
+SHARDS = 4
+BLOCK_ROWS = 10_000
+
+ONE = "one file"
+SHARDED = f"{SHARDS} shards"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and counts of one run of the section.
+
+    Attributes
+    ----------
+    repeats : int
+        Interleaved repeats of every read measurement (medians).
+    rows : int
+        Random rows read per repeat of ``ds[i]``.
+    batches : int
+        Random batches per repeat of the batch and DataLoader measurements.
+    write_rows : int
+        Text rows written by ``write_shards`` (the one file's rows, cycled).
+    write_repeats : int
+        Interleaved repeats of each parallel write.
+    """
+
+    repeats: int
+    rows: int
+    batches: int
+    write_rows: int
+    write_repeats: int
+
+
+# Many short repeats: on a shared machine a repeat that another process
+# interrupts is an outlier the median leaves out.
+QUICK = Plan(repeats=21, rows=5_000, batches=20, write_rows=600_000, write_repeats=2)
+FULL = Plan(repeats=31, rows=20_000, batches=40, write_rows=3_000_000, write_repeats=3)
+
+# What a timed run returns: items handled, wall-clock seconds, this thread's CPU seconds.
+Timing = tuple[int, float, float]
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
+
+
+def since(items: int, started: tuple[float, float]) -> Timing:
+    wall, cpu = clocks()
+    return items, wall - started[0], cpu - started[1]
+
+
+def interleaved(
+    fns: dict[str, Callable[[int], Timing]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Median items per second of each ``fn``: of wall-clock time, and of CPU time.
+
+    ``fn(r)`` runs repeat ``r`` (-1: a warm-up, not counted); every repeat
+    calls each in turn, the first one last in the next repeat. CPU time (of
+    the reading thread) leaves out the time other processes of a busy machine
+    take from it.
+    """
+    for fn in fns.values():
+        fn(-1)
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(repeats):
+        for name in order if r % 2 else order[::-1]:  # who goes first alternates
+            items, w, c = fns[name](r)
+            wall[name].append(items / w)
+            cpu[name].append(items / max(c, 1e-9))
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
+
+
+def write_both(workload: workloads.Workload, folder: str) -> tuple[str, str]:
+    """The workload as one file and as equal shards with a manifest."""
+    schema = SCHEMAS[workload.name]
+    one = os.path.join(folder, f"{workload.name}.h5")
+    sharded = os.path.join(folder, f"{workload.name}_shards")
+    os.makedirs(sharded, exist_ok=True)
+
+    def write(path: str, start: int, stop: int) -> None:
+        with H5Writer(path, schema, overwrite=True, progress=False) as writer:
+            for first in range(start, stop, BLOCK_ROWS):
+                last = min(stop, first + BLOCK_ROWS)
+                writer.write_batch({k: v[first:last] for k, v in workload.columns.items()})
+
+    write(one, 0, workload.n_rows)
+    bounds = np.linspace(0, workload.n_rows, SHARDS + 1).astype(np.int64).tolist()
+    entries = []
+    for k in range(SHARDS):
+        path = os.path.join(sharded, f"part-{k:05d}.h5")
+        write(path, bounds[k], bounds[k + 1])
+        entries.append(shard_entry(path, bounds[k + 1] - bounds[k]))
+    write_manifest(sharded, H5Dataset(one).schema, entries)
+    return one, sharded
+
+
+def read_rates(one: Any, sharded: Any, plan: Plan) -> dict[str, dict[str, float]]:
+    """ds[i], batch and DataLoader rates of both datasets.
+
+    Every repeat reads rows of its own, drawn at random (so a repeat does not
+    find the rows of the last one in the CPU caches), the same for both.
+    Each metric is given as rows/s of wall-clock time, and as ``<metric>_cpu``
+    rows per CPU second of the reading thread.
+    """
+    import torch
+    from torch.utils.data import RandomSampler
+
+    n = len(one)
+
+    def rows(r: int) -> list[int]:
+        return np.random.default_rng([SEED, r + 1]).integers(0, n, plan.rows).tolist()
+
+    def batches(r: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([SEED, r + 1])
+        return [rng.integers(0, n, BATCH) for _ in range(plan.batches)]
+
+    def row_loop(ds: Any) -> Callable[[int], Timing]:
+        def run(r: int) -> Timing:
+            todo = rows(r)
+            started = clocks()
+            for i in todo:
+                ds[i]
+            return since(len(todo), started)
+
+        return run
+
+    def batch_loop(ds: Any) -> Callable[[int], Timing]:
+        def run(r: int) -> Timing:
+            todo = batches(r)
+            started = clocks()
+            for idx in todo:
+                ds[idx].columns  # noqa: B018 - decoding is the work measured
+            return since(BATCH * len(todo), started)
+
+        return run
+
+    def loader(ds: Any) -> Callable[[int], Timing]:
+        def run(r: int) -> Timing:
+            # With replacement: a small workload still gives every batch asked.
+            sampler = RandomSampler(
+                ds,
+                replacement=True,
+                num_samples=BATCH * (plan.batches + 1),
+                generator=torch.Generator().manual_seed(SEED + r + 1),
+            )
+            it = iter(h5record.DataLoader(ds, batch_size=BATCH, sampler=sampler))
+            next(it)  # the first batch: the loader's start
+            started = clocks()
+            for _ in range(plan.batches):
+                next(it)
+            return since(BATCH * plan.batches, started)
+
+        return run
+
+    out: dict[str, dict[str, float]] = {ONE: {}, SHARDED: {}}
+    timed = {"row_rows_s": row_loop, "batch_rows_s": batch_loop, "dl_nw0": loader}
+    for metric, make in timed.items():
+        got = interleaved({ONE: make(one), SHARDED: make(sharded)}, plan.repeats)
+        for system, (wall, cpu) in got.items():
+            out[system][metric] = wall
+            out[system][f"{metric}_cpu"] = cpu
+    return out
+
+
+# --- parallel writes ------------------------------------------------------------
+
+
+def text_rows(item: tuple[str, int, int]) -> Iterator[dict[str, Any]]:
+    """Rows ``start`` to ``stop`` of the file at ``path``, cycled past its end."""
+    path, start, stop = item
+    ds = H5Dataset(path)
+    n = len(ds)
+    for first in range(start, stop, BLOCK_ROWS):
+        idx = np.arange(first, min(stop, first + BLOCK_ROWS)) % n
+        yield from ds[idx]
+    ds.close()
+
+
+def write_rates(source: str, folder: str, plan: Plan) -> dict[str, float]:
+    """write_shards with 1 and 2 worker processes, repeats interleaved.
+
+    Each repeat also times the same call on 4 empty inputs: the start-up
+    (spawning and importing the workers, the manifest), which a large job
+    pays once.
+    """
+    total = plan.write_rows
+    bounds = np.linspace(0, total, SHARDS + 1).astype(np.int64).tolist()
+    inputs = [(source, bounds[k], bounds[k + 1]) for k in range(SHARDS)]
+    empty = [(source, 0, 0)] * SHARDS
+    schema = H5Dataset(source).schema
+    out = os.path.join(folder, "written")
+    times: dict[tuple[int, bool], list[float]] = {}
+    for _ in range(plan.write_repeats):
+        for workers in (1, 2):
+            for job, rows in ((True, inputs), (False, empty)):
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                write_shards(rows, text_rows, out, schema, workers=workers, progress=False)
+                times.setdefault((workers, job), []).append(time.perf_counter() - start)
+    shutil.rmtree(out, ignore_errors=True)
+    t = {key: statistics.median(v) for key, v in times.items()}
+    got: dict[str, float] = {}
+    for w in (1, 2):
+        got[f"rows_s_{w}"] = total / t[(w, True)]
+        got[f"start_s_{w}"] = t[(w, False)]
+        got[f"rows_s_after_start_{w}"] = total / max(t[(w, True)] - t[(w, False)], 1e-9)
+    got["x"] = got["rows_s_2"] / got["rows_s_1"]
+    got["x_after_start"] = got["rows_s_after_start_2"] / got["rows_s_after_start_1"]
+    return got
+
+
+# --- the section ----------------------------------------------------------------
+
+
+def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results: dict) -> None:
+    """Run the shards section, print its tables and add its figures to ``results``.
+
+    ``results[("shards", name)]`` holds the one file's rates and the ratios
+    (``*_x``) of the shards' to them; ``results[("shards write",)]`` the
+    parallel write rates and their ratio.
+    """
+    plan = QUICK if quick else FULL
+    table = Table(
+        f"Shards: the same rows as one file and as {SHARDS} shards, read warm (rows/s, "
+        "medians of interleaved repeats; ratios of the medians, of wall-clock time and of "
+        "the reading thread's CPU time)"
+    )
+    source = None
+    for name in ("text", "tokens", "images"):
+        if name not in loaded:
+            continue
+        workload = loaded[name]
+        print(f"  shards: {name} ...", file=sys.stderr, flush=True)
+        one_path, sharded_path = write_both(workload, folder)
+        one, sharded = H5Dataset(one_path), H5Dataset(sharded_path)
+        got = read_rates(one, sharded, plan)
+        one.close()
+        sharded.close()
+        metrics = ("row_rows_s", "batch_rows_s", "dl_nw0")
+        for system in (ONE, SHARDED):
+            table.add(name, system, **{k: got[system][k] for k in metrics})
+        wall_x = {k: got[SHARDED][k] / got[ONE][k] for k in metrics}
+        cpu_x = {k: got[SHARDED][f"{k}_cpu"] / got[ONE][f"{k}_cpu"] for k in metrics}
+        table.add(name, f"{SHARDED} / {ONE}", **{k: f"{v:.2f}x" for k, v in wall_x.items()})
+        table.add(name, "the same, CPU time", **{k: f"{v:.2f}x" for k, v in cpu_x.items()})
+        results[("shards", name)] = {
+            **{k: got[ONE][k] for k in metrics},
+            **{f"{k}_x": v for k, v in wall_x.items()},
+            **{f"{k}_x_cpu": v for k, v in cpu_x.items()},
+        }
+        if name == "text":
+            source = one_path
+        else:
+            os.unlink(one_path)
+        shutil.rmtree(sharded_path, ignore_errors=True)
+    table.print()
+    if source is None:
+        return
+    print("  shards: parallel write ...", file=sys.stderr, flush=True)
+    got = write_rates(source, folder, plan)
+    os.unlink(source)
+    table = Table(
+        f"Parallel write: write_shards of {plan.write_rows:,} text rows as {SHARDS} shards "
+        "(spawn workers, each reading its rows from the one file; medians of interleaved "
+        "repeats; start-up: the same call on empty inputs)"
+    )
+    for w in (1, 2):
+        table.add(
+            "text",
+            f"{w} process{'es' if w > 1 else ''}",
+            rows_s=got[f"rows_s_{w}"],
+            start_up_s=got[f"start_s_{w}"],
+            rows_s_after_start_up=got[f"rows_s_after_start_{w}"],
+        )
+    table.add(
+        "text",
+        "2 processes / 1",
+        rows_s=f"{got['x']:.2f}x",
+        rows_s_after_start_up=f"{got['x_after_start']:.2f}x",
+    )
+    table.print()
+    results[("shards write",)] = got
