@@ -10,6 +10,9 @@ PACK_UTF8: int
 PACK_FLOAT: int
 PACK_INT: int
 PACK_OTHER: int
+NULL_REFUSE: int
+NULL_KEEP: int
+NULL_CONVERT: int
 
 class ForeignThreadError(RuntimeError): ...
 
@@ -17,6 +20,7 @@ class FieldReader:
     name: str
     kind: int
     element_shape: tuple[int, ...]
+    nullable: bool
 
 class RawField(FieldReader):
     def __init__(self, n_rows: int, spec: dict[str, Any]) -> None: ...
@@ -44,6 +48,7 @@ class Decoder:
     def rows_index(self, index: Any) -> npt.NDArray[np.int64]: ...
     def column(self, k: int, idx: npt.NDArray[np.int64], raw: bool = ...) -> Any: ...
     def zstd_elements(self, k: int) -> int: ...
+    def valid(self, k: int, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]: ...
     def padded(
         self, k: int, idx: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
     ) -> tuple[np.ndarray, npt.NDArray[np.int64]]: ...
@@ -58,6 +63,7 @@ class RowPacker:
         fmax: list[float],
         converters: tuple[Callable[[Any, int], Any], ...],
         sinks: list[list[Any]],
+        nulls: list[int] | None = ...,
     ) -> None: ...
     rows: int
     pending_rows: int
@@ -68,7 +74,11 @@ class RowPacker:
     def pack(self, row: Any, index: int) -> int: ...
 
 def batch_rows(
-    names: tuple[str, ...], columns: list[Any], start: int, stop: int
+    names: tuple[str, ...],
+    columns: list[Any],
+    start: int,
+    stop: int,
+    valid: list[npt.NDArray[np.bool_] | None] | None = ...,
 ) -> list[dict[str, Any]]: ...
 def pad_ragged(
     flat: np.ndarray, offsets: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
@@ -82,3 +92,4 @@ def build_blocks(
 def join_text(
     values: list[Any], text: bool
 ) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.int64] | None, int]: ...
+def null_mask(values: list[Any], fill: Any = ...) -> npt.NDArray[np.bool_] | None: ...

@@ -418,6 +418,7 @@ cdef int64_t decompress_frame(ZSTD_DCtx* dctx, const ZSTD_DDict* ddict, const ui
 cdef struct FieldIO:
     const Paged* index       # offsets (raw variable), blocks (zstd) or values (raw fixed)
     const Paged* values
+    const Paged* validity    # nullable fields; NULL otherwise
     int64_t rows_per_block   # zstd fields; 0 for raw ones
     bint variable
 
@@ -429,6 +430,9 @@ cdef int field_spans(const FieldIO* io, int64_t i, bint data, const uint8_t* map
     cdef int64_t j = i, lo, hi
     if io.values == NULL:  # a reader over shards: each shard fetches its own
         return 0
+    if io.validity != NULL and not data:
+        if paged_spans(io.validity, map_base, i >> 3, (i >> 3) + 1, out) < 0:
+            return -1
     if io.rows_per_block > 0:
         j = i // io.rows_per_block
     elif not io.variable:
@@ -462,6 +466,8 @@ cdef class FieldReader:
     cdef int64_t n_rows
     cdef FieldIO io
     cdef list keep_alive
+    cdef readonly bint nullable  # has a validity bitmap (docs/FORMAT.md, section 10)
+    cdef Paged validity
 
     def __init__(self, int64_t n_rows, dict spec):
         self.n_rows = n_rows
@@ -474,6 +480,10 @@ cdef class FieldReader:
         self.eb = self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64))
         self.variable = self.kind in (K_STRING, K_BYTES, K_VARIABLE)
         self.keep_alive = []
+        if spec.get("validity") is not None:
+            self.set_paged(&self.validity, spec["validity"])
+            self.nullable = True
+            self.io.validity = &self.validity
 
     cdef int set_paged(self, Paged* p, dict spec) except -1:
         cdef const uint8_t[::1] buf = spec["buffer"]
@@ -492,6 +502,30 @@ cdef class FieldReader:
     cdef void hint(self, int64_t i) noexcept:
         """Start loading row ``i``'s index entry into the CPU cache."""
         pass
+
+    cdef int bit(self, int64_t i) except -1:
+        """Row ``i``'s validity bit: 1 if it holds a value, 0 if it is null."""
+        cdef const uint8_t* p
+        if not self.nullable:
+            return 1
+        p = paged_addr(&self.validity, i >> 3)
+        if p == NULL:
+            raise FormatError(
+                f"field {self.name!r}, row {i}: the validity bitmap is out of bounds; "
+                "the file is damaged or truncated"
+            )
+        return (p[0] >> (i & 7)) & 1
+
+    cdef object valid_column(self, const int64_t[::1] idx):
+        """A bool array: whether each row ``idx[j]`` holds a value."""
+        cdef Py_ssize_t j, n = idx.shape[0]
+        out = np.ones(n, np.bool_)
+        if not self.nullable:
+            return out
+        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
+        for j in range(n):
+            dst[j] = self.bit(idx[j])
+        return out
 
     cdef int locate(self, int64_t i) except -1:
         """Find row ``i``'s data (after every field's ``hint``)."""
@@ -1040,6 +1074,7 @@ cdef class ShardedField(FieldReader):
         self.name, self.kind, self.dtype = first.name, first.kind, first.dtype
         self.code, self.typenum, self.eb = first.code, first.typenum, first.eb
         self.element_shape, self.variable = first.element_shape, first.variable
+        self.nullable = any(part.nullable for part in parts)
         self.keep_alive = []
         self.parts = parts
         self.n_parts = len(parts)
@@ -1070,6 +1105,10 @@ cdef class ShardedField(FieldReader):
     cdef void hint(self, int64_t i) noexcept:
         cdef Py_ssize_t s = self.shard_of(i)
         (<FieldReader>self.parts[s]).hint(i - self.starts[s])
+
+    cdef int bit(self, int64_t i) except -1:
+        cdef Py_ssize_t s = self.shard_of(i)
+        return (<FieldReader>self.parts[s]).bit(i - self.starts[s])
 
     cdef int locate(self, int64_t i) except -1:
         cdef Py_ssize_t s = self.shard_of(i)
@@ -1397,7 +1436,10 @@ cdef class Decoder:
             (<FieldReader>self.readers[k]).locate(i)
         for k in range(self.n_fields):
             reader = <FieldReader>self.readers[k]
-            out[reader.name] = reader.take(i)
+            if reader.nullable and not reader.bit(i):
+                out[reader.name] = None
+            else:
+                out[reader.name] = reader.take(i)
         return out
 
     def value(self, int k, int64_t i):
@@ -1406,6 +1448,8 @@ cdef class Decoder:
         self._own()
         reader = self._reader(k)
         i = self._check_row(i)
+        if reader.nullable and not reader.bit(i):
+            return None
         reader.locate(i)
         return reader.take(i)
 
@@ -1416,11 +1460,29 @@ cdef class Decoder:
         of shape (n, *element_shape) (fixed fields), or a tuple
         ``(flat, offsets)`` of the concatenated elements and n + 1 int64
         offsets (variable numeric fields, and String/Bytes when ``raw``).
+        Null rows are ``None`` in lists, and as stored elsewhere: zeros, or
+        rows of no elements (see :meth:`valid`).
         """
+        cdef FieldReader reader
+        cdef Py_ssize_t j
+        cdef list items
+        self._own()
+        reader = self._reader(k)
+        col = reader.column(idx, raw)
+        if reader.nullable and type(col) is list:
+            items = col
+            for j in range(idx.shape[0]):
+                if not reader.bit(idx[j]):
+                    items[j] = None
+        return col
+
+    def valid(self, int k, const int64_t[::1] idx):
+        """Whether field ``k`` of each checked row ``idx`` holds a value (bool array);
+        all True for a field that is not nullable."""
         cdef FieldReader reader
         self._own()
         reader = self._reader(k)
-        return reader.column(idx, raw)
+        return reader.valid_column(idx)
 
     def zstd_elements(self, int k):
         """Elements of all rows of zstd field ``k``, from its frame headers (no decompression)."""
@@ -1621,13 +1683,15 @@ cdef enum RowFrom:
     FROM_LIST, FROM_SCALAR, FROM_ITEM, FROM_RAGGED
 
 
-def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
+def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop, list valid=None):
     """Rows ``start..stop-1`` of decoded batch columns as a list of dicts.
 
     ``columns[k]`` is field ``names[k]`` in the form ``Decoder.column``
     returns: a list (String, Bytes), a 1-D array (scalars, given back as
     Python numbers), an n-D array (fixed fields, a row is ``col[j]``) or
     ``(flat, offsets)`` (variable fields, a row is a view of ``flat``).
+    ``valid[k]``, if given and not None, is a bool array: where it is False
+    the row's value is ``None`` (a null).
     """
     cdef Py_ssize_t k, j, nf = len(names)
     cdef list out = PyList_New(max(stop - start, 0))
@@ -1638,14 +1702,23 @@ def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
     cdef const uint8_t** data = <const uint8_t**>malloc(max(nf, 1) * sizeof(uint8_t*))
     cdef int64_t* itemsize = <int64_t*>malloc(max(nf, 1) * sizeof(int64_t))
     cdef const int64_t** offs = <const int64_t**>malloc(max(nf, 1) * sizeof(int64_t*))
+    cdef const uint8_t** masks = <const uint8_t**>calloc(max(nf, 1), sizeof(uint8_t*))
     cdef list keep = []
     cdef cnp.ndarray arr
     if start < 0 or stop < start:
         raise IndexError(f"rows {start}..{stop} are not a range of a batch")
+    if valid is not None and len(valid) != nf:
+        raise ValueError(f"valid has {len(valid)} entries for {nf} columns")
     try:
-        if not (modes and codes and data and itemsize and offs):
+        if not (modes and codes and data and itemsize and offs and masks):
             raise MemoryError()
         for k in range(nf):
+            if valid is not None and valid[k] is not None:
+                arr = np.ascontiguousarray(valid[k], np.bool_)
+                if arr.ndim != 1 or arr.shape[0] < stop:
+                    raise IndexError(f"valid of column {names[k]!r} has {arr.shape[0]} rows")
+                keep.append(arr)
+                masks[k] = <const uint8_t*>cnp.PyArray_DATA(arr)
             col = columns[k]
             if type(col) is list:
                 modes[k] = FROM_LIST
@@ -1674,7 +1747,9 @@ def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
             row = {}
             for k in range(nf):
                 col = columns[k]
-                if modes[k] == FROM_LIST:
+                if masks[k] != NULL and not masks[k][j]:
+                    value = None
+                elif modes[k] == FROM_LIST:
                     value = (<list>col)[j]
                 elif modes[k] == FROM_SCALAR:
                     value = scalar_object(codes[k], data[k] + j * itemsize[k])
@@ -1692,6 +1767,7 @@ def batch_rows(tuple names, list columns, Py_ssize_t start, Py_ssize_t stop):
         free(data)
         free(itemsize)
         free(offs)
+        free(masks)
     return out
 
 
@@ -1800,11 +1876,37 @@ def join_text(list values, bint text):
     return np.frombuffer(b"".join(parts), np.uint8), lengths, -1
 
 
+def null_mask(list values, object fill=None):
+    """Where a column of values holds something other than ``None``.
+
+    Returns None if no value is ``None``, else a bool array (False at each
+    ``None``); with ``fill``, the ``None`` entries of ``values`` are replaced
+    by ``fill`` in place.
+    """
+    cdef Py_ssize_t j, n = len(values)
+    cdef object mask = None
+    cdef uint8_t* m = NULL
+    for j in range(n):
+        if values[j] is None:
+            if m == NULL:
+                mask = np.ones(n, np.bool_)
+                m = <uint8_t*>cnp.PyArray_DATA(mask)
+            m[j] = 0
+            if fill is not None:
+                values[j] = fill
+    return mask
+
+
 # Writer side: how pack_row treats each field.
 PACK_UTF8 = 0     # String: str -> UTF-8 bytes
 PACK_FLOAT = 1    # Float scalars: int or float -> float
 PACK_INT = 2      # Integer scalars: int in [lo, hi]
 PACK_OTHER = 3    # anything else: call the field's converter
+
+# How pack_row treats None (a null).
+NULL_REFUSE = 0   # the field is not nullable: its converter raises the error
+NULL_KEEP = 1     # appended as None, for the writer to fill
+NULL_CONVERT = 2  # given to the converter, which keeps its own account of nulls
 
 
 cdef class RowPacker:
@@ -1813,13 +1915,15 @@ cdef class RowPacker:
     ``codes[k]`` says how field ``k`` is converted (PACK_*), ``lo``/``hi``
     bound PACK_INT values, ``fmax`` is the largest finite value of PACK_FLOAT
     fields, and ``converters[k](value, index)`` handles everything off the
-    fast paths, raising the descriptive error.
+    fast paths, raising the descriptive error. ``nulls[k]`` (NULL_*, default
+    NULL_REFUSE) says what ``None`` is for field ``k``.
     """
 
     cdef tuple names
     cdef tuple converters
     cdef list sinks
     cdef int* codes
+    cdef int* nulls
     cdef int64_t* lo
     cdef int64_t* hi
     cdef double* fmax
@@ -1828,15 +1932,19 @@ cdef class RowPacker:
     cdef public int64_t rows, pending_rows, pending_bytes
     cdef public int64_t flush_rows, flush_bytes
 
-    def __cinit__(self, tuple names, codes, lo, hi, fmax, tuple converters, list sinks):
+    def __cinit__(self, tuple names, codes, lo, hi, fmax, tuple converters, list sinks,
+                  nulls=None):
         self.n = len(names)
         self.codes = <int*>malloc(max(self.n, 1) * sizeof(int))
+        self.nulls = <int*>calloc(max(self.n, 1), sizeof(int))
         self.lo = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
         self.hi = <int64_t*>malloc(max(self.n, 1) * sizeof(int64_t))
         self.fmax = <double*>malloc(max(self.n, 1) * sizeof(double))
-        if not (self.codes and self.lo and self.hi and self.fmax):
+        if not (self.codes and self.nulls and self.lo and self.hi and self.fmax):
             raise MemoryError()
         for k in range(self.n):
+            if nulls is not None:
+                self.nulls[k] = nulls[k]
             self.codes[k] = codes[k]
             self.lo[k] = lo[k]
             self.hi[k] = hi[k]
@@ -1849,6 +1957,7 @@ cdef class RowPacker:
 
     def __dealloc__(self):
         free(self.codes)
+        free(self.nulls)
         free(self.lo)
         free(self.hi)
         free(self.fmax)
@@ -1889,7 +1998,9 @@ cdef class RowPacker:
             if value is _MISSING:
                 return -1
             code = self.codes[k]
-            if code == PACK_UTF8 and type(value) is str:
+            if value is None and self.nulls[k] != NULL_REFUSE:
+                out = None if self.nulls[k] == NULL_KEEP else self.converters[k](value, index)
+            elif code == PACK_UTF8 and type(value) is str:
                 try:
                     out = PyUnicode_AsUTF8String(value)
                 except UnicodeEncodeError:

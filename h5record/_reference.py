@@ -52,6 +52,7 @@ class Decoder:
         self.values = [_Paged(f["values"]) for f in fields]
         self.offsets = [_Paged(f["offsets"]) if "offsets" in f else None for f in fields]
         self.blocks = [_Paged(f["zstd"]["blocks"]) if f.get("zstd") else None for f in fields]
+        self.validity = [_Paged(f["validity"]) if f.get("validity") else None for f in fields]
 
     def _damaged(self, k: int, row: int) -> FormatError:
         return FormatError(f"field {self.names[k]!r}, row {row}: damaged")
@@ -120,8 +121,26 @@ class Decoder:
             raise self._damaged(k, i)
         return raw, nelem
 
+    def _valid(self, k: int, i: int) -> bool:
+        """Bit ``i % 8`` (least significant first) of byte ``i // 8``: FORMAT.md section 10."""
+        if self.validity[k] is None:
+            return True
+        byte = self.validity[k].read(i // 8, i // 8 + 1)  # type: ignore[union-attr]
+        if byte is None:
+            raise self._damaged(k, i)
+        return bool(byte[0] >> (i % 8) & 1)
+
+    def valid(self, k: int, idx: np.ndarray) -> np.ndarray:
+        return np.array([self._valid(k, int(i)) for i in idx], np.bool_)
+
     def value(self, k: int, i: int) -> Any:
         i = self._check_row(i)
+        if not self._valid(k, i):
+            return None
+        return self._stored(k, i)
+
+    def _stored(self, k: int, i: int) -> Any:
+        """Row ``i`` of field ``k`` as stored, null or not."""
         spec = self.fields[k]
         dtype = np.dtype(spec["dtype"])
         shape = tuple(spec["element_shape"])
@@ -153,9 +172,9 @@ class Decoder:
     def column(self, k: int, idx: np.ndarray) -> Any:
         spec = self.fields[k]
         kind = spec["kind"]
-        items = [self.value(k, int(i)) for i in idx]
         if kind in (Kind.STRING, Kind.BYTES):
-            return items
+            return [self.value(k, int(i)) for i in idx]
+        items = [self._stored(k, int(i)) for i in idx]  # nulls: zeros or empty rows
         dtype = np.dtype(spec["dtype"])
         shape = tuple(spec["element_shape"])
         if kind == Kind.VARIABLE:
@@ -171,7 +190,7 @@ class Decoder:
         spec = self.fields[k]
         dtype = np.dtype(spec["dtype"]) if spec["kind"] == Kind.VARIABLE else np.dtype(np.uint8)
         shape = tuple(spec["element_shape"])
-        items = [self.value(k, int(i)) for i in idx]
+        items = [self._stored(k, int(i)) for i in idx]
         if spec["kind"] in (Kind.STRING, Kind.BYTES):
             items = [
                 np.frombuffer(x.encode() if isinstance(x, str) else x, np.uint8) for x in items
@@ -186,13 +205,22 @@ class Decoder:
         return out, lengths
 
 
-def batch_rows(names: tuple[str, ...], columns: list[Any], start: int, stop: int) -> list[dict]:
+def batch_rows(
+    names: tuple[str, ...],
+    columns: list[Any],
+    start: int,
+    stop: int,
+    valid: list[Any] | None = None,
+) -> list[dict]:
     """Twin of ``_fast.batch_rows``."""
     rows = []
+    masks = valid if valid is not None else [None] * len(names)
     for j in range(start, stop):
         row = {}
-        for name, col in zip(names, columns, strict=True):
-            if isinstance(col, tuple):
+        for name, col, mask in zip(names, columns, masks, strict=True):
+            if mask is not None and not mask[j]:
+                row[name] = None
+            elif isinstance(col, tuple):
                 flat, offsets = col
                 row[name] = flat[offsets[j] : offsets[j + 1]]
             elif isinstance(col, np.ndarray) and col.ndim == 1:

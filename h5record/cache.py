@@ -56,7 +56,7 @@ class Slot:
     """One array inside the segment."""
 
     field: str
-    key: str  # "values" or "offsets"
+    key: str  # the dataset: "values", "offsets", "blocks" or "validity"
     offset: int
     dtype: str
     shape: tuple[int, ...]
@@ -138,6 +138,8 @@ def _array_shapes(layout: reader.FileLayout, decompress: _Decompress, compressed
     with reader.HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             fld = fl.field
+            if fl.validity is not None:  # nullable: its bitmap too, as stored
+                out.append((fld.name, spec.VALIDITY, "|u1", (-(-n // 8),)))
             if compressed and fl.zstd is not None:
                 n_blocks, end = reader.zstd_extent(f, fl, n)
                 out.append((fld.name, spec.BLOCKS, "<i8", (n_blocks + 1,)))
@@ -337,7 +339,7 @@ def _fill_field(
     }
     if name in decompress:
         decompress.fill(fl, dest, where)
-        return
+        dest = {key: arr for key, arr in dest.items() if key == spec.VALIDITY}  # as stored
     for key, arr in dest.items():
         if arr.shape[0]:
             dset = f[spec.field_path(name, key)]

@@ -516,6 +516,8 @@ class _FieldCheck:
     def rows_for(self, dataset: str, lo: int, hi: int) -> tuple[int, int]:
         """The rows whose bytes lie in ``lo:hi`` of a stream, for error messages."""
         fl, n = self.fl, self.n
+        if dataset == spec.VALIDITY:  # a byte a row of eight
+            return min(lo * 8, n), min(hi * 8, n)
         if dataset == spec.VALUES:
             if fl.zstd is not None:
                 return self._zstd_rows(lo, hi, fl.zstd["rows_per_block"])
@@ -534,6 +536,8 @@ class _FieldCheck:
         if self.ready:
             return
         fl, n, s = self.fl, self.n, self.streams
+        if spec.VALIDITY in s:
+            s[spec.VALIDITY].set_end(-(-n // 8))
         values = s[spec.VALUES]
         eb = values.source.elem_bytes
         if fl.zstd is not None:
@@ -577,6 +581,8 @@ class _FieldCheck:
     def check_rows(self, idx: np.ndarray) -> None:
         self.prepare()
         fl, s = self.fl, self.streams
+        if spec.VALIDITY in s:
+            s[spec.VALIDITY].check_bytes(idx >> 3, (idx >> 3) + 1)
         values = s[spec.VALUES]
         eb = values.source.elem_bytes
         if fl.zstd is None and not fl.field.variable:
@@ -598,6 +604,10 @@ class _FieldCheck:
         if self.error is not None:
             yield str(self.error)
             return
+        validity = self.streams.get(spec.VALIDITY)
+        if validity is not None:
+            validity.set_end(-(-self.n // 8))
+            yield from validity.scan()
         index = self.streams.get(spec.OFFSETS) or self.streams.get(spec.BLOCKS)
         try:
             if index is not None:
@@ -673,15 +683,23 @@ class Verifier:
                 self.fields.append(_FieldCheck(self, fl, streams, error))
 
     def _sources(self, fl: Any, arrays: dict[str, dict[str, np.ndarray]] | None) -> dict:
+        sources = self._data_sources(fl, arrays)
+        if fl.validity is not None and spec.VALIDITY not in sources:
+            data = (arrays or {}).get(fl.field.name, {})
+            if spec.VALIDITY in data:  # loaded beside decompressed zstd rows
+                sources[spec.VALIDITY] = _ArraySource(data[spec.VALIDITY], 1)
+            else:
+                sources[spec.VALIDITY] = _PagedSource(fl.validity, self.buffer)
+        return sources
+
+    def _data_sources(self, fl: Any, arrays: dict[str, dict[str, np.ndarray]] | None) -> dict:
         name = fl.field.name
         data = None if arrays is None else arrays.get(name)
         compressed = data is not None and spec.BLOCKS in data
         if data is not None and (fl.zstd is None or compressed):
             values_bytes = 1 if compressed else fl.field.element_bytes
-            return {
-                dset: _ArraySource(arr, values_bytes if dset == spec.VALUES else 8)
-                for dset, arr in data.items()
-            }
+            sizes = {spec.VALUES: values_bytes, spec.VALIDITY: 1}
+            return {dset: _ArraySource(arr, sizes.get(dset, 8)) for dset, arr in data.items()}
         if fl.zstd is not None:
             return {
                 spec.VALUES: _PagedSource(fl.values, self.buffer),

@@ -295,6 +295,17 @@ class H5Dataset:
             return self._slow[pos].column(idx)
         return decoder.column(k, idx)
 
+    def valid(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Whether field ``name`` of each checked row ``idx`` holds a value: a bool
+        array, False at nulls (all True for a field that is not nullable)."""
+        if not self.schema[name].nullable:
+            return np.ones(len(idx), np.bool_)
+        decoder = self._open()
+        k = self._decoder_index.get(name)
+        if k is None:
+            return self._slow[self.names.index(name)].valid(idx)
+        return decoder.valid(k, np.ascontiguousarray(idx, np.int64))
+
     def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Gather a variable-length field of rows ``idx`` into a padded array."""
         decoder = self._open()
@@ -403,20 +414,34 @@ class Batch(SequenceABC):
     without building per-row dicts.
     """
 
-    __slots__ = ("_cache", "dataset", "indices")
+    __slots__ = ("_cache", "_valid", "dataset", "indices")
 
     def __init__(self, dataset: H5Dataset, indices: np.ndarray) -> None:
         self.dataset = dataset
         self.indices = indices
         self._cache: dict[str, Any] = {}
+        self._valid: dict[str, np.ndarray] = {}
 
     def column(self, name: str) -> Any:
         """One field for every row: list (String, Bytes), ndarray (fixed
-        fields) or ``(flat, offsets)`` (variable numeric fields)."""
+        fields) or ``(flat, offsets)`` (variable numeric fields).
+
+        Null rows of a nullable field are ``None`` in lists, zeros in arrays
+        and rows of no elements in ``(flat, offsets)``; :meth:`valid` says
+        which rows are null.
+        """
         col = self._cache.get(name)
         if col is None:
             col = self._cache[name] = self.dataset.column(name, self.indices)
         return col
+
+    def valid(self, name: str) -> np.ndarray:
+        """A bool array: whether each row's field ``name`` holds a value (False at
+        nulls; all True for a field that is not nullable)."""
+        valid = self._valid.get(name)
+        if valid is None:
+            valid = self._valid[name] = self.dataset.valid(name, self.indices)
+        return valid
 
     @property
     def columns(self) -> dict[str, Any]:
@@ -437,7 +462,11 @@ class Batch(SequenceABC):
 
     def _rows(self, start: int, stop: int) -> list[dict[str, Any]]:
         names = self.dataset.names
-        return batch_rows(tuple(names), [self.column(name) for name in names], start, stop)
+        columns = [self.column(name) for name in names]
+        nulls = [self.valid(f.name) if f.nullable else None for f in self.dataset.schema]
+        if not any(v is not None for v in nulls):
+            return batch_rows(tuple(names), columns, start, stop)
+        return batch_rows(tuple(names), columns, start, stop, nulls)
 
     def to_list(self) -> list[dict[str, Any]]:
         """Every row as a new dict, built in one compiled call."""

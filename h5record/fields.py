@@ -17,7 +17,7 @@ import numpy as np
 
 from . import codecs, spec
 from ._fast import first_bad_utf8_row
-from .columns import ARRAY, TEXT, Ragged
+from .columns import ARRAY, TEXT, Masked, Ragged
 from .errors import RowError, RowTypeError, SchemaError
 
 _NUMBER_KINDS = "biuf"
@@ -197,6 +197,10 @@ class Field:
         Codec for this field; ``None`` takes the dataset's default. See
         :mod:`h5record.codecs`. ``"none"`` stores this field uncompressed
         whatever the default (kept as ``{"id": "none", "requested": "none"}``).
+    nullable:
+        Whether rows may hold no value (``None``, read back as ``None``); a
+        file with a nullable field is written in format version 2
+        (docs/FORMAT.md, section 10).
     """
 
     type_name: ClassVar[str] = ""
@@ -204,10 +208,13 @@ class Field:
     dtype: np.dtype
     element_shape: tuple[int, ...] = ()
 
-    def __init__(self, name: str, compression: Any = None) -> None:
+    def __init__(self, name: str, compression: Any = None, *, nullable: bool = False) -> None:
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise SchemaError(f"field name must be a non-empty string without '/', got {name!r}")
+        if not isinstance(nullable, (bool, np.bool_)):
+            raise SchemaError(f"field {name!r}: nullable must be True or False, got {nullable!r}")
         self.name = name
+        self.nullable = bool(nullable)
         self.codec = None if compression is None else codecs.parse(compression, name)
         if self.codec == _UNSET_CODEC:
             # Told apart from a field that set nothing, which a writer stores as
@@ -221,6 +228,8 @@ class Field:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type_name}
         out.update(self._extra_json())
+        if self.nullable:  # absent otherwise: schemas of version 1 files stay as they were
+            out["nullable"] = True
         out["codec"] = self.codec if self.codec is not None else {"id": "none"}
         return out
 
@@ -242,7 +251,8 @@ class Field:
         return Kind.SCALAR if self.element_shape == () else Kind.FIXED
 
     def storage_json(self) -> dict[str, Any]:
-        """The schema entry without its codec: what the files of one dataset share."""
+        """The schema entry without its codec (nullability included): what the files
+        of one dataset share."""
         entry = self.to_json()
         entry.pop("codec", None)
         return entry
@@ -250,6 +260,84 @@ class Field:
     @property
     def element_bytes(self) -> int:
         return int(self.dtype.itemsize * int(np.prod(self.element_shape, dtype=np.int64)))
+
+    # -- nulls ------------------------------------------------------------
+    def null_value(self) -> Any:
+        """What a null row stores (docs/FORMAT.md, section 10): an empty row of a
+        variable field, zeros of a fixed one; in the form :meth:`convert` returns."""
+        if self.kind in (Kind.STRING, Kind.BYTES):
+            return b""
+        if self.variable:
+            return np.empty((0, *self.element_shape), self.dtype)
+        if self.element_shape == ():
+            return 0
+        return np.zeros(self.element_shape, self.dtype)
+
+    @property
+    def expected(self) -> str:
+        """What a value of this field is, in words (for error messages)."""
+        if self.kind == Kind.STRING:
+            return "str"
+        if self.kind == Kind.BYTES:
+            return "bytes"
+        if self.kind == Kind.SCALAR:
+            return "an integer" if self.dtype.kind in "iu" else "a number"
+        if self.variable and self.element_shape == ():
+            return f"a 1-D sequence of {self.dtype.name}"
+        if self.variable:
+            dims = ", ".join(map(str, self.element_shape))
+            return f"an array of {self.dtype.name} of shape (n, {dims})"
+        return f"an array of {self.dtype.name} of shape {self.element_shape}"
+
+    def null_error(self, row: int | None) -> RowError:
+        """The error for a null (``None``) given to a field that is not nullable."""
+        return RowTypeError(
+            f"{_where(self.name, row)}: expected {self.expected}, got None; declare the "
+            f"field with nullable=True to store nulls"
+        )
+
+    def split_nulls(self, values: Any, first_row: int) -> tuple[Any, np.ndarray | None]:
+        """A column without its nulls: ``(values, valid)``.
+
+        ``values`` may be a :class:`~h5record.columns.Masked` column, or hold
+        ``None`` entries (a list). Null rows' entries become
+        :meth:`null_value` whatever they held; ``valid`` is None when every
+        row holds a value. A null in a field that is not nullable raises
+        the error of :meth:`null_error` for its first row.
+        """
+        from ._fast import null_mask
+
+        valid: np.ndarray | None = None
+        if isinstance(values, Masked):
+            valid, values = values.valid, values.values
+        elif isinstance(values, (list, tuple)):
+            valid = null_mask(values if isinstance(values, list) else list(values))
+        if valid is None or valid.all():
+            return values, None
+        if not self.nullable:
+            raise self.null_error(first_row + int(np.argmin(valid)))
+        return self._fill_nulls(values, valid), valid
+
+    def _fill_nulls(self, values: Any, valid: np.ndarray) -> Any:
+        """``values`` with the rows where ``valid`` is False made null rows."""
+        if isinstance(values, Ragged):
+            # Without the null rows' elements: lengths of 0, no Python object a row.
+            lengths = np.where(valid, values.lengths, 0)
+            keep = np.repeat(valid, values.lengths)
+            offsets = np.zeros(len(lengths) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            return Ragged(values.values[keep], offsets, values.kind)
+        if (
+            isinstance(values, np.ndarray)
+            and not self.variable
+            and values.dtype.kind in _NUMBER_KINDS
+            and values.ndim >= 1
+        ):
+            filled = values.copy()
+            filled[~valid] = 0
+            return filled
+        fill = "" if self.kind == Kind.STRING else self.null_value()  # a value to convert
+        return [v if ok else fill for v, ok in zip(values, valid.tolist(), strict=True)]
 
     # -- conversion for the writer --------------------------------------
     def convert(self, value: Any, row: int | None, copy: bool = True) -> Any:
@@ -385,11 +473,15 @@ class String(Field):
     kind = Kind.STRING  # type: ignore[assignment]
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, name: str = "string", compression: Any = None) -> None:
-        super().__init__(name, compression)
+    def __init__(
+        self, name: str = "string", compression: Any = None, *, nullable: bool = False
+    ) -> None:
+        super().__init__(name, compression, nullable=nullable)
 
     def convert(self, value: Any, row: int | None, copy: bool = True) -> bytes:
         if not isinstance(value, str):
+            if value is None:
+                raise self.null_error(row)
             raise RowTypeError(f"{_where(self.name, row)}: expected str, got {_describe(value)}")
         try:
             return value.encode("utf-8")
@@ -408,8 +500,10 @@ class Bytes(Field):
     kind = Kind.BYTES  # type: ignore[assignment]
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, name: str = "bytes", compression: Any = None) -> None:
-        super().__init__(name, compression)
+    def __init__(
+        self, name: str = "bytes", compression: Any = None, *, nullable: bool = False
+    ) -> None:
+        super().__init__(name, compression, nullable=nullable)
 
     def convert(self, value: Any, row: int | None, copy: bool = True) -> bytes:
         if isinstance(value, bytes):
@@ -418,6 +512,8 @@ class Bytes(Field):
             return bytes(value)
         if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
             return value.tobytes()
+        if value is None:
+            raise self.null_error(row)
         raise RowTypeError(
             f"{_where(self.name, row)}: expected bytes, bytearray, memoryview or 1-D uint8 "
             f"array, got {_describe(value)}"
@@ -439,8 +535,10 @@ class Sequence(Field):
         dtype: Any = "int64",
         compression: Any = None,
         sub_attributes: Any = None,
+        *,
+        nullable: bool = False,
     ) -> None:
-        super().__init__(name, compression)
+        super().__init__(name, compression, nullable=nullable)
         if sub_attributes is not None:
             raise SchemaError(
                 f"field {name!r}: sub_attributes of h5record 1.0.4 are not supported; "
@@ -454,6 +552,8 @@ class Sequence(Field):
     def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == self.dtype and value.ndim == 1:
             return value.copy() if copy else value  # already exactly what is stored
+        if value is None:
+            raise self.null_error(row)
         where = _where(self.name, row)
         arr = _as_numeric_array(value, self.dtype, where, f"a 1-D sequence of {self.dtype.name}")
         if arr.ndim != 1:
@@ -466,8 +566,10 @@ class FloatSequence(Sequence):
 
     type_name = "FloatSequence"
 
-    def __init__(self, name: str = "sequence", compression: Any = None) -> None:
-        super().__init__(name, "float32", compression)
+    def __init__(
+        self, name: str = "sequence", compression: Any = None, *, nullable: bool = False
+    ) -> None:
+        super().__init__(name, "float32", compression, nullable=nullable)
 
     def _extra_json(self) -> dict[str, Any]:
         return {}
@@ -478,8 +580,10 @@ class Float16Sequence(Sequence):
 
     type_name = "Float16Sequence"
 
-    def __init__(self, name: str = "sequence", compression: Any = None) -> None:
-        super().__init__(name, "float16", compression)
+    def __init__(
+        self, name: str = "sequence", compression: Any = None, *, nullable: bool = False
+    ) -> None:
+        super().__init__(name, "float16", compression, nullable=nullable)
 
     def _extra_json(self) -> dict[str, Any]:
         return {}
@@ -493,9 +597,10 @@ class _Scalar(Field):
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value[()]
         if not isinstance(value, ok) or (isinstance(value, bool) and self.dtype.kind == "f"):
-            expected = "an integer" if self.dtype.kind in "iu" else "a number"
+            if value is None:
+                raise self.null_error(row)
             raise RowTypeError(
-                f"{_where(self.name, row)}: expected {expected}, got {_describe(value)}"
+                f"{_where(self.name, row)}: expected {self.expected}, got {_describe(value)}"
             )
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
@@ -515,8 +620,15 @@ class Integer(_Scalar):
 
     type_name = "Integer"
 
-    def __init__(self, name: str = "label", dtype: Any = "int64", compression: Any = None) -> None:
-        super().__init__(name, compression)
+    def __init__(
+        self,
+        name: str = "label",
+        dtype: Any = "int64",
+        compression: Any = None,
+        *,
+        nullable: bool = False,
+    ) -> None:
+        super().__init__(name, compression, nullable=nullable)
         self.dtype = _numeric_dtype(dtype, name)
         if self.dtype.kind not in "iu":
             raise SchemaError(f"field {name!r}: Integer needs an integer dtype, got {self.dtype}")
@@ -531,9 +643,14 @@ class Float(_Scalar):
     type_name = "Float"
 
     def __init__(
-        self, name: str = "label", dtype: Any = "float64", compression: Any = None
+        self,
+        name: str = "label",
+        dtype: Any = "float64",
+        compression: Any = None,
+        *,
+        nullable: bool = False,
     ) -> None:
-        super().__init__(name, compression)
+        super().__init__(name, compression, nullable=nullable)
         self.dtype = _numeric_dtype(dtype, name)
         if self.dtype.kind != "f":
             raise SchemaError(f"field {name!r}: Float needs a floating dtype, got {self.dtype}")
@@ -548,8 +665,10 @@ class Float16(_Scalar):
     type_name = "Float16"
     dtype = np.dtype("<f2")
 
-    def __init__(self, name: str = "label", compression: Any = None) -> None:
-        super().__init__(name, compression)
+    def __init__(
+        self, name: str = "label", compression: Any = None, *, nullable: bool = False
+    ) -> None:
+        super().__init__(name, compression, nullable=nullable)
 
 
 class Array(Field):
@@ -558,9 +677,15 @@ class Array(Field):
     type_name = "Array"
 
     def __init__(
-        self, name: str, shape: Iterable[int], dtype: Any = "float32", compression: Any = None
+        self,
+        name: str,
+        shape: Iterable[int],
+        dtype: Any = "float32",
+        compression: Any = None,
+        *,
+        nullable: bool = False,
     ) -> None:
-        super().__init__(name, compression)
+        super().__init__(name, compression, nullable=nullable)
         self.dtype = _numeric_dtype(dtype, name)
         self.element_shape = _shape(shape, name)
 
@@ -568,6 +693,8 @@ class Array(Field):
         return {"shape": list(self.element_shape), "dtype": self.dtype.str}
 
     def convert(self, value: Any, row: int | None, copy: bool = True) -> np.ndarray:
+        if value is None:
+            raise self.null_error(row)
         where = _where(self.name, row)
         arr = _as_numeric_array(value, self.dtype, where, f"an array of shape {self.element_shape}")
         if arr.shape != self.element_shape:
@@ -577,6 +704,8 @@ class Array(Field):
 
 def _image_array(field: Field, value: Any, row: int | None, frames: bool, copy: bool) -> np.ndarray:
     c, h, w = field.chw  # type: ignore[attr-defined]
+    if value is None:
+        raise field.null_error(row)
     where = _where(field.name, row)
     what = "(t, c, h, w)" if frames else "(c, h, w)"
     arr = _as_numeric_array(value, np.dtype(np.uint8), where, f"a uint8 image array {what}")
@@ -621,10 +750,17 @@ class Image(Field):
     dtype = np.dtype(np.uint8)
 
     def __init__(
-        self, h: Any, w: Any, c: Any = None, name: Any = "image", compression: Any = None
+        self,
+        h: Any,
+        w: Any,
+        c: Any = None,
+        name: Any = "image",
+        compression: Any = None,
+        *,
+        nullable: bool = False,
     ) -> None:
         h, w, c, name = _image_args(Image, h, w, c, name, "image")
-        super().__init__(name, compression)
+        super().__init__(name, compression, nullable=nullable)
         self.chw = _shape((c, h, w), name, "Image(h, w, c=3, name=...)")
         self.element_shape = self.chw
 
@@ -651,10 +787,17 @@ class ImageSequence(Field):
     dtype = np.dtype(np.uint8)
 
     def __init__(
-        self, h: Any, w: Any, c: Any = None, name: Any = "frames", compression: Any = None
+        self,
+        h: Any,
+        w: Any,
+        c: Any = None,
+        name: Any = "frames",
+        compression: Any = None,
+        *,
+        nullable: bool = False,
     ) -> None:
         h, w, c, name = _image_args(ImageSequence, h, w, c, name, "frames")
-        super().__init__(name, compression)
+        super().__init__(name, compression, nullable=nullable)
         self.chw = _shape((c, h, w), name, "ImageSequence(h, w, c=3, name=...)")
         self.element_shape = self.chw
 
@@ -759,15 +902,18 @@ def field_from_json(obj: Mapping[str, Any]) -> Field:
         cls = FIELD_TYPES[obj["type"]]
         name = obj["name"]
         codec = obj.get("codec")
+        nullable = obj.get("nullable", False)
+        if type(nullable) is not bool:
+            raise TypeError(f"nullable must be true or false, got {nullable!r}")
         if cls is Image or cls is ImageSequence:
             c, h, w = obj["shape"]
-            field: Field = cls(h, w, c, name=name)
+            field: Field = cls(h, w, c, name=name, nullable=nullable)
         elif cls is Array:
-            field = Array(name, obj["shape"], obj["dtype"])
+            field = Array(name, obj["shape"], obj["dtype"], nullable=nullable)
         elif "dtype" in obj:
-            field = cls(name, dtype=obj["dtype"])  # type: ignore[call-arg]
+            field = cls(name, dtype=obj["dtype"], nullable=nullable)  # type: ignore[call-arg]
         else:
-            field = cls(name)  # type: ignore[call-arg]
+            field = cls(name, nullable=nullable)  # type: ignore[call-arg]
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"invalid field entry in schema: {obj!r}") from exc
     parsed = codecs.parse(codec, field.name) if codec else None
@@ -824,6 +970,14 @@ class Schema:
     def to_json(self) -> str:
         return json.dumps({"fields": [f.to_json() for f in self.fields]})
 
+    @property
+    def format_version(self) -> int:
+        """The format version a file of this schema is written in (FORMAT.md, section 8):
+        2 with a nullable field, else 1."""
+        if any(f.nullable for f in self.fields):
+            return spec.NULLABLE_VERSION
+        return spec.FIRST_VERSION
+
     def storage_difference(
         self, other: Schema, this: str = "this schema", that: str = "the other"
     ) -> str | None:
@@ -842,6 +996,9 @@ class Schema:
                 parts.append(f"{that} has field(s) {extra} that {this} lacks")
             return "; ".join(parts) or f"{this} orders its fields {names}, {that} {other_names}"
         a, b = next((a, b) for a, b in zip(mine, theirs, strict=True) if a != b)
+        if {**a, "nullable": True} == {**b, "nullable": True}:
+            yes, no = (this, that) if a.get("nullable") else (that, this)
+            return f"field {a['name']!r} is nullable in {yes}, but not in {no}"
         return f"field {a['name']!r} is {a} in {this}, but {b} in {that}"
 
     @classmethod

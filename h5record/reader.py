@@ -52,6 +52,7 @@ class FieldLayout:
     values_len: int
     filtered: bool
     zstd: dict[str, Any] | None = None  # blocks, rows_per_block, max_block_bytes, dictionary
+    validity: PagedArray | None = None  # nullable fields (docs/FORMAT.md section 10)
 
 
 @dataclass
@@ -135,6 +136,11 @@ def _read_layout(path: str) -> FileLayout:
             schema = Schema.from_json(schema_text)
         except (ValueError, TypeError, KeyError) as exc:  # bad JSON or an unknown field
             raise FormatError(f"{path}: the stored schema is invalid ({exc})") from exc
+        if schema.format_version > version:
+            raise FormatError(
+                f"{path}: the schema has nullable fields, which need format version "
+                f"{schema.format_version}, but the file says version {version}; the file is damaged"
+            )
         num_rows = _int_attr(f, spec.ATTR_NUM_ROWS, path)
         if num_rows < 0:
             raise FormatError(f"{path}: attribute {spec.ATTR_NUM_ROWS!r} is {num_rows}")
@@ -143,6 +149,8 @@ def _read_layout(path: str) -> FileLayout:
         for fld in schema:
             try:
                 fl = _field_layout(f, fld, num_rows, layout.file_size, path)
+                if fld.nullable:
+                    fl.validity = _validity_layout(f, fld, num_rows, layout.file_size, path)
             except FormatError:
                 raise
             except _HDF5_ERRORS as exc:
@@ -189,6 +197,24 @@ def _field_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -
     else:
         _check_stored(values_len, n, "values", where)
     return FieldLayout(fld, fld.kind, values_paged, offsets_paged, values_len, filtered)
+
+
+def _validity_layout(f: h5py.File, fld: Field, n: int, file_size: int, path: str) -> PagedArray:
+    """The validity bitmap of a nullable field: 1-D uint8, unfiltered, ceil(n / 8) bytes."""
+    where = f"{path}: field {fld.name!r}"
+    try:
+        dset = f[spec.field_path(fld.name, spec.VALIDITY)]
+    except KeyError as exc:
+        raise FormatError(
+            f"{where}: nullable, but its validity dataset is missing; the file is damaged"
+        ) from exc
+    if not isinstance(dset, h5py.Dataset) or dset.dtype != np.uint8 or dset.ndim != 1:
+        raise FormatError(f"{where}: the validity dataset is not 1-D uint8; the file is damaged")
+    paged = _paged(f, dset, 1, file_size, where)
+    if paged is None:
+        raise FormatError(f"{where}: the validity dataset must not be filtered")
+    _check_stored(paged.length, -(-n // 8), "validity bytes", where)
+    return paged
 
 
 def _stored_length(dset: h5py.Dataset, paged: PagedArray | None) -> int:
@@ -376,6 +402,8 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
             entry["offsets"] = paged_spec(buffer, fl.offsets)
         if fl.zstd is not None:
             entry["zstd"] = {**fl.zstd, "blocks": paged_spec(buffer, fl.zstd["blocks"])}
+        if fl.validity is not None:
+            entry["validity"] = paged_spec(buffer, fl.validity)
         out.append(entry)
     return out
 
@@ -394,10 +422,11 @@ def zstd_extent(f: h5py.File, fl: FieldLayout, n: int) -> tuple[int, int]:
 def load_arrays(
     layout: FileLayout, names: list[str] | None = None, compressed: bool = False
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Read whole fields into memory: name -> {values, offsets}.
+    """Read whole fields into memory: name -> {values, offsets, validity}.
 
     zstd fields are decompressed, or with ``compressed`` kept as their
     frames and block index (``{values, blocks}``), decompressed on access.
+    Nullable fields add their validity bytes.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
     n = layout.num_rows
@@ -407,10 +436,15 @@ def load_arrays(
     with HDF5_LOCK, h5py.File(layout.path, "r") as f:
         for fl in layout.fields:
             name = fl.field.name
+            where = f"{layout.path}: field {name!r}"
+            if fl.validity is not None and (names is None or name in names):
+                bits = f[spec.field_path(name, spec.VALIDITY)]
+                out.setdefault(name, {})[spec.VALIDITY] = read_hdf5(
+                    bits, np.s_[: -(-n // 8)], where
+                )
             if (names is not None and name not in names) or (fl.zstd and not compressed):
                 continue  # not asked for, or decompressed above
-            arrays: dict[str, np.ndarray] = {}
-            where = f"{layout.path}: field {name!r}"
+            arrays: dict[str, np.ndarray] = out.setdefault(name, {})
             values = f[spec.field_path(name, spec.VALUES)]
             if fl.zstd is not None:
                 n_blocks, end = zstd_extent(f, fl, n)
@@ -426,7 +460,6 @@ def load_arrays(
                 arrays["values"] = read_hdf5(values, np.s_[:end], where)
             else:
                 arrays["values"] = read_hdf5(values, np.s_[:n], where)
-            out[name] = arrays
     return out
 
 
@@ -474,6 +507,8 @@ def memory_fields(layout: FileLayout, arrays: dict[str, dict[str, np.ndarray]]) 
         if frames:
             blocks = np.ascontiguousarray(data[spec.BLOCKS], np.int64)
             entry["zstd"] = {**(fl.zstd or {}), "blocks": _whole(blocks, 8)}
+        if spec.VALIDITY in data:
+            entry["validity"] = _whole(np.ascontiguousarray(data[spec.VALIDITY], np.uint8), 1)
         out.append(entry)
     return out
 
@@ -537,6 +572,22 @@ def _element_spans(paged: PagedArray, elements: np.ndarray) -> np.ndarray:
     return np.stack([addr, np.full(len(addr), paged.elem_bytes, np.int64)], axis=1)
 
 
+def validity_bits(paged: PagedArray, idx: np.ndarray, buffer: Any, where: str) -> np.ndarray:
+    """Whether rows ``idx`` hold a value: their bits of a validity bitmap, read from a map
+    of the file (docs/FORMAT.md, section 10)."""
+    if not len(idx):
+        return np.ones(0, np.bool_)
+    byte = idx >> 3
+    data = np.frombuffer(buffer, np.uint8) if len(buffer) else np.empty(0, np.uint8)
+    damaged = int(byte.max()) >= min(paged.length, len(paged.table) * paged.chunk_len)
+    if not damaged:
+        addr = paged.table[byte // paged.chunk_len] + byte % paged.chunk_len
+        damaged = bool((addr < 0).any()) or int(addr.max()) >= len(data)
+    if damaged:
+        raise FormatError(f"{where}: the validity bitmap is out of bounds; the file is damaged")
+    return ((data[addr] >> (idx & 7).astype(np.uint8)) & 1).astype(np.bool_)
+
+
 class H5Column:
     """Read one filtered field through h5py (the slow path for lzf/gzip)."""
 
@@ -545,6 +596,7 @@ class H5Column:
         self.field = fl.field
         self.kind = fl.kind
         self._offsets_table = fl.offsets  # unfiltered: its addresses are known
+        self._validity = fl.validity  # unfiltered too
         self._file: h5py.File | None = None
         self._pid = -1
         self._map: Any = None
@@ -565,7 +617,24 @@ class H5Column:
         return self._values, self._offsets
 
     def value(self, i: int) -> Any:
+        if self._validity is not None and not self.valid(np.array([i], np.int64))[0]:
+            return None
         return self._run(i, i + 1)[0]
+
+    def valid(self, idx: np.ndarray) -> np.ndarray:
+        """Whether rows ``idx`` hold a value (all True for a field that is not nullable)."""
+        idx = np.asarray(idx, np.int64)
+        if self._validity is None:
+            return np.ones(len(idx), np.bool_)
+        where = f"{self.path}: field {self.field.name!r}"
+        return validity_bits(self._validity, idx, self._buffer(), where)
+
+    def _buffer(self) -> Any:
+        if self._map is None or self._pid != os.getpid():
+            with HDF5_LOCK:
+                self._datasets()
+            self._map = map_file(self.path)
+        return self._map
 
     def _run(self, start: int, stop: int) -> list[Any]:
         """Rows ``start..stop-1`` with one or two HDF5 reads."""
@@ -612,16 +681,15 @@ class H5Column:
             rows = self._run(first, int(ordered[run[-1]]) + 1)
             for p in run.tolist():
                 items[order[p]] = rows[int(ordered[p]) - first]
+        if self._validity is not None and self.kind in (Kind.STRING, Kind.BYTES):
+            for j in np.flatnonzero(~self.valid(idx)).tolist():
+                items[j] = None
         return self._assemble(items)
 
     # -- the cold stage: the same policy as Decoder.prefetch, for HDF5 chunks -----
     def _prefetch(self, runs: list[tuple[int, int]]) -> None:
         """Ask the OS for the offsets, then the compressed chunks, of every run."""
-        if self._map is None or self._pid != os.getpid():
-            with HDF5_LOCK:
-                self._datasets()
-            self._map = map_file(self.path)
-        if not len(self._map) or self._too_many_chunks():
+        if not len(self._buffer()) or self._too_many_chunks():
             return
         if self._cold_batches > 0:
             self._cold_batches -= 1

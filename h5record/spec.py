@@ -1,7 +1,11 @@
 """Constants of the file format; docs/FORMAT.md is the specification."""
 
 FORMAT_NAME = "h5record"
-FORMAT_VERSION = 1
+# The newest version this package reads and writes (section 8). A file is
+# written with the lowest version its schema needs: nullable fields need 2.
+FORMAT_VERSION = 2
+FIRST_VERSION = 1
+NULLABLE_VERSION = 2
 
 # Root attributes.
 ATTR_FORMAT = "h5record_format"
@@ -22,6 +26,7 @@ VALUES = "values"
 OFFSETS = "offsets"
 BLOCKS = "blocks"
 DICTIONARY = "dictionary"
+VALIDITY = "validity"  # nullable fields: one bit a row (section 10)
 CHUNK_TABLE_SUFFIX = "_chunks"
 
 # A chunk of about this many bytes keeps chunk tables small (8 bytes per MiB

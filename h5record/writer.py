@@ -24,7 +24,17 @@ import h5py
 import numpy as np
 
 from . import codecs, spec
-from ._fast import PACK_FLOAT, PACK_INT, PACK_OTHER, PACK_UTF8, RowPacker
+from ._fast import (
+    NULL_CONVERT,
+    NULL_KEEP,
+    NULL_REFUSE,
+    PACK_FLOAT,
+    PACK_INT,
+    PACK_OTHER,
+    PACK_UTF8,
+    RowPacker,
+    null_mask,
+)
 from ._version import __version__
 from .checksums import FieldSums, metadata_hash
 from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_error
@@ -162,7 +172,12 @@ class _Staged:
         self.last_start = 0
         self.lent = False  # a flush is writing buf[:used] out
 
-    def convert(self, value: Any, index: int) -> np.ndarray:
+    def convert(self, value: Any, index: int) -> np.ndarray | None:
+        if value is None and self.field.nullable:  # a null: an empty row staged
+            if index == self.last:  # a row that another field rejected
+                self.used = self.last_start
+            self.last, self.last_start = index, self.used
+            return None
         arr = self.field.convert(value, index, copy=False)
         if index == self.last:  # that row was rejected by another field
             self.used = self.last_start
@@ -459,6 +474,116 @@ class _ZstdColumn:
         return self.encoder.config(codec)
 
 
+class _Validity:
+    """The validity bitmap of a nullable field (docs/FORMAT.md, section 10).
+
+    Whole bytes are written and hashed as rows arrive; the bits of rows past
+    the last whole byte are kept here and written as a last, partly filled
+    byte, which the next flush replaces (as a zstd field's short last frame).
+    """
+
+    def __init__(self, group: h5py.Group, chunk_bytes: int, rows: int | None = None) -> None:
+        self.parts: list[np.ndarray] = []
+        self.sums: FieldSums | None = None
+        if rows is None:
+            self.dset = group.create_dataset(
+                spec.VALIDITY,
+                shape=(0,),
+                maxshape=(None,),
+                chunks=(_chunk_len(1, max(1, chunk_bytes // 8)),),
+                dtype="u1",
+            )
+            self.tail = np.empty(0, np.bool_)
+        else:  # continue the committed rows: the partly filled last byte is held back
+            self.dset = _resizable_dataset(group, spec.VALIDITY)
+            whole, rest = divmod(rows, 8)
+            if (
+                self.dset.dtype != np.uint8
+                or self.dset.ndim != 1
+                or self.dset.shape[0] < whole + (rest > 0)
+            ):
+                raise FormatError(
+                    f"{group.file.filename}: {group.name}/{spec.VALIDITY} does not hold the "
+                    f"bits of {rows} rows; the file is damaged"
+                )
+            last = self.dset[whole : whole + 1] if rest else np.zeros(0, np.uint8)
+            self.tail = np.unpackbits(last, bitorder="little")[:rest].astype(np.bool_)
+            self.dset.resize((whole,))
+        self.tail_written = False  # the dataset ends with the bits of self.tail
+        self.out = _ChunkAppender(self.dset)
+
+    def append(self, valid: np.ndarray | None, n: int) -> None:
+        """The validity of ``n`` more rows; None: every one holds a value."""
+        if n:
+            self.parts.append(np.ones(n, np.bool_) if valid is None else valid)
+
+    def flush(self) -> None:
+        if not self.parts and (self.tail_written or not len(self.tail)):
+            return
+        bits = np.concatenate([self.tail, *self.parts])
+        self.parts.clear()
+        if self.tail_written:
+            self.dset.resize((self.dset.shape[0] - 1,))
+            self.tail_written = False
+        whole = len(bits) // 8 * 8
+        if whole:
+            data = np.packbits(bits[:whole], bitorder="little")
+            self.out.append(data)
+            if self.sums is not None:
+                self.sums.update(self.dset, data)
+        self.tail = bits[whole:]
+        if len(self.tail):
+            # Not hashed as it arrives: a commit hashes the bytes past the hashed
+            # stream into its entries only (as FieldSums.commit does for zstd tails).
+            self.out.append(np.packbits(self.tail, bitorder="little"))
+            self.tail_written = True
+
+
+class _Nullable:
+    """A column of a nullable field: its own column plus the validity bitmap."""
+
+    def __init__(self, column: Any, validity: _Validity) -> None:
+        self.column = column
+        self.validity = validity
+        self.field = column.field
+        self.rows = column.rows
+
+    @property
+    def pending_bytes(self) -> int:
+        return int(self.column.pending_bytes)
+
+    @property
+    def sums(self) -> FieldSums | None:
+        return self.column.sums
+
+    @sums.setter
+    def sums(self, sums: FieldSums | None) -> None:
+        self.column.sums = self.validity.sums = sums
+
+    def append_many(
+        self, flat: np.ndarray, lengths: np.ndarray | None, valid: np.ndarray | None = None
+    ) -> None:
+        self.column.append_many(flat, lengths)
+        self.validity.append(valid, len(flat) if lengths is None else len(lengths))
+
+    def flush(self) -> None:
+        self.column.flush()
+        self.validity.flush()
+
+    def commit_tail(self) -> None:
+        self.column.commit_tail()
+
+    def finish(self) -> None:
+        self.column.finish()
+        self.validity.flush()
+
+    def datasets(self) -> list[h5py.Dataset]:
+        return [*self.column.datasets(), self.validity.dset]
+
+    def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
+        return self.column.stored_codec(codec)
+
+
 def _is_scalar(field: Field) -> bool:
     return not field.variable and field.element_shape == ()
 
@@ -471,8 +596,12 @@ def _make_column(
     rows: int | None = None,
 ) -> Any:
     if codec["id"] == spec.CODEC_ZSTD:
-        return _ZstdColumn(group, field, codec, chunk_bytes, rows)
-    return _Column(group, field, codec, chunk_bytes, rows)
+        column: Any = _ZstdColumn(group, field, codec, chunk_bytes, rows)
+    else:
+        column = _Column(group, field, codec, chunk_bytes, rows)
+    if field.nullable:
+        return _Nullable(column, _Validity(group, chunk_bytes, rows))
+    return column
 
 
 def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
@@ -643,7 +772,7 @@ class H5Writer:
         self._stages = {
             k: _Staged(f)
             for k, (f, c) in enumerate(zip(self._fields, self._columns, strict=True))
-            if isinstance(f, Sequence) and isinstance(c, _Column)
+            if isinstance(f, Sequence) and isinstance(getattr(c, "column", c), _Column)
         }
         self._packer = RowPacker(
             tuple(self._names),
@@ -656,6 +785,10 @@ class H5Writer:
                 for k, f in enumerate(self._fields)
             ),
             [c.rows for c in self._columns],
+            [
+                NULL_REFUSE if not f.nullable else NULL_CONVERT if k in self._stages else NULL_KEEP
+                for k, f in enumerate(self._fields)
+            ],
         )
         self._packer.rows = self._committed_rows
         self._packer.flush_bytes = FLUSH_BYTES
@@ -701,7 +834,7 @@ class H5Writer:
         # The skeleton is committed without num_rows: a file with nothing committed.
         f = self._file
         f.attrs[spec.ATTR_FORMAT] = spec.FORMAT_NAME
-        f.attrs[spec.ATTR_VERSION] = np.int64(spec.FORMAT_VERSION)
+        f.attrs[spec.ATTR_VERSION] = np.int64(self.schema.format_version)
         f.attrs[spec.ATTR_WRITER] = f"h5record {__version__}"
         f.flush()
         self._io.commit()
@@ -733,10 +866,10 @@ class H5Writer:
                 return
             raise FormatError(f"{path}: not an h5record file")
         version = int(f.attrs.get(spec.ATTR_VERSION, 0))
-        if version != spec.FORMAT_VERSION:
+        if not spec.FIRST_VERSION <= version <= spec.FORMAT_VERSION:
             raise FormatError(
                 f"{path}: written in h5record format version {version}; this h5record "
-                f"adds rows to version {spec.FORMAT_VERSION} files only"
+                f"adds rows to files of versions {spec.FIRST_VERSION} to {spec.FORMAT_VERSION}"
             )
         if spec.ATTR_NUM_ROWS not in f.attrs or spec.ATTR_SCHEMA not in f.attrs:
             if self.mode == "a":
@@ -750,6 +883,11 @@ class H5Writer:
         text = f.attrs[spec.ATTR_SCHEMA]
         self._schema_json = text.decode() if isinstance(text, bytes) else str(text)
         stored = Schema.from_json(self._schema_json)
+        if stored.format_version > version:
+            raise FormatError(
+                f"{path}: its schema needs format version {stored.format_version} (nullable "
+                f"fields), but the file says version {version}; the file is damaged"
+            )
         if given is not None:
             _check_same_schema(given, stored, path)
         self.schema = given if given is not None else stored
@@ -812,7 +950,8 @@ class H5Writer:
 
         ``columns`` maps every field name to a sequence (list or array) of
         values, all of the same length. The whole batch is checked before
-        any of it is written.
+        any of it is written. A nullable field's column may hold ``None``
+        (lists) or be a :class:`~h5record.columns.Masked` column.
         """
         self._check_open()
         from .columns import to_columns  # DataFrames, Arrow tables and columns, numpy records
@@ -829,11 +968,15 @@ class H5Writer:
         self._busy += 1
         try:
             self._flush_rows()
-            converted = [
-                field.convert_column(columns[field.name], self.num_rows) for field in self._fields
-            ]
-            for column, (flat, lens) in zip(self._columns, converted, strict=True):
-                column.append_many(flat, lens)
+            converted = []
+            for field in self._fields:
+                values, valid = field.split_nulls(columns[field.name], self.num_rows)
+                converted.append((*field.convert_column(values, self.num_rows), valid))
+            for column, (flat, lens, valid) in zip(self._columns, converted, strict=True):
+                if isinstance(column, _Nullable):
+                    column.append_many(flat, lens, valid)
+                else:
+                    column.append_many(flat, lens)
             self._packer.rows += n
         finally:
             self._leave()
@@ -858,6 +1001,9 @@ class H5Writer:
         for k, column in enumerate(self._columns):
             rows = column.rows
             field = column.field
+            valid = None
+            if field.nullable:  # nulls arrive as None: stored as empty rows or zeros
+                valid = null_mask(rows, field.null_value())
             if field.variable:
                 stage = self._stages.get(k)
                 if stage is not None:
@@ -871,7 +1017,10 @@ class H5Writer:
                 )
                 lens = None
             rows.clear()  # the same list stays the row sink
-            column.append_many(flat, lens)
+            if field.nullable:
+                column.append_many(flat, lens, valid)
+            else:
+                column.append_many(flat, lens)
         self._packer.pending_rows = 0
 
     def flush(self) -> None:

@@ -4,7 +4,8 @@ Row values are drawn in every form the writer accepts (lists, tuples, arrays of
 another dtype, channel-last images, bytearray, memoryview, numpy scalars, ...);
 :func:`expected_value` says what reading such a value back must give.
 Large values (about 100 KB) turn up now and then; they are built from a drawn
-seed so that they cost hypothesis almost nothing to generate.
+seed so that they cost hypothesis almost nothing to generate. About one field
+in three is nullable, and about one of its values in four is ``None``.
 """
 
 from __future__ import annotations
@@ -156,7 +157,17 @@ def images(c: int, h: int, w: int, frames: bool = False) -> st.SearchStrategy:
 
 @st.composite
 def field_and_values(draw, name: str, with_codecs: bool = False):
-    """A field named ``name`` of any type, and a strategy of its values."""
+    """A field named ``name`` of any type, and a strategy of its values (``None``
+    among them when the field is nullable)."""
+    field, values = draw(_field_and_values(name, with_codecs))
+    if draw(st.integers(0, 2)) == 0:
+        field.nullable = True
+        values = rarely(values, st.none(), 4)
+    return field, values
+
+
+@st.composite
+def _field_and_values(draw, name: str, with_codecs: bool = False):
     kind = draw(st.sampled_from(FIELD_TYPES))
     codec = draw(st.sampled_from(CODECS)) if with_codecs else None
     if kind == "String":
@@ -227,6 +238,8 @@ def indices(n: int, max_size: int = 30) -> st.SearchStrategy[list[int]]:
 
 def expected_value(field: Field, value):
     """The value ``H5Dataset`` must return for ``value`` written to ``field``."""
+    if value is None:  # a null
+        return None
     if isinstance(field, String):
         return value
     if isinstance(field, Bytes):

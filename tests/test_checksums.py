@@ -59,6 +59,8 @@ def spec_check(path) -> int:
                 ends = {"offsets": n + 1, "values": int(g["offsets"][n])}
             else:
                 ends = {"values": n}
+            if entry.get("nullable"):  # section 10: the validity bytes too
+                ends["validity"] = -(-n // 8)
             for name, end in ends.items():
                 data = g[name][:end].tobytes()
                 table = g[name + "_xxh3"]

@@ -59,18 +59,24 @@ def _check_columns(ds, batch, want_rows, idx) -> None:
     for name in ds.names:
         col = batch.column(name)
         wants = [want_rows[i][name] for i in idx]
-        if ds.kind(name) in (0, 1):  # String, Bytes: lists
+        valid = batch.valid(name)
+        assert valid.dtype == np.bool_ and valid.tolist() == [w is not None for w in wants]
+        if ds.kind(name) in (0, 1):  # String, Bytes: lists, None at nulls
             assert col == wants
-        elif isinstance(col, tuple):  # variable numeric: (flat, offsets)
+        elif isinstance(col, tuple):  # variable numeric: (flat, offsets), nulls empty
             flat, offsets = col
             assert offsets[0] == 0 and len(offsets) == len(idx) + 1
             for j, want in enumerate(wants):
-                assert_value_equal(flat[offsets[j] : offsets[j + 1]], want)
-        else:
+                got = flat[offsets[j] : offsets[j + 1]]
+                assert len(got) == 0 if want is None else assert_value_equal(got, want) is None
+        else:  # fixed: an array, zeros at nulls
             assert col.shape[0] == len(idx)
             for j, want in enumerate(wants):
                 got = col[j].item() if col.ndim == 1 else col[j]
-                assert_value_equal(got, want)
+                if want is None:
+                    assert not np.any(col[j])
+                else:
+                    assert_value_equal(got, want)
     assert list(batch.columns) == ds.names
 
 
@@ -452,8 +458,8 @@ def test_plain_hdf5_file_is_not_h5record(tmp_path):
 
 def test_newer_version_is_refused(text_file):
     with h5py.File(text_file, "r+") as f:
-        f.attrs["h5record_version"] = np.int64(2)
-    with pytest.raises(FormatError, match=r"version 2\b.*up to 1\b"):
+        f.attrs["h5record_version"] = np.int64(3)
+    with pytest.raises(FormatError, match=r"version 3\b.*up to 2\b"):
         H5Dataset(text_file)
 
 

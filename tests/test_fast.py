@@ -146,6 +146,9 @@ def decoder_inputs(draw):
             fields.append(
                 variable_field(pages, name, Kind.VARIABLE, rows, dtype, tail, chunks=chunks)
             )
+        if draw(st.integers(0, 2)) == 0:  # nullable: a validity bitmap (FORMAT.md section 10)
+            bits = np.packbits(rng.random(n) < 0.6, bitorder="little")
+            fields[-1]["validity"] = pages.add(bits.tobytes(), 1, draw(chunk), len(bits))
     pages.build()
     idx = draw(st.lists(st.integers(-n, n - 1), max_size=30)) if n else []
     return n, fields, idx
@@ -207,10 +210,15 @@ def test_decoder_equals_reference(inputs, min_len):
     _same(checked, ref.rows_index(idx))
     _same(fast.rows_index(np.array(idx, np.int32)), checked)
     columns = [fast.column(k, checked) for k in range(len(fields))]
+    valid = [fast.valid(k, checked) for k in range(len(fields))]
+    for k in range(len(fields)):
+        _same(valid[k], ref.valid(k, checked))
+        assert "validity" in fields[k] or valid[k].all()
+    masks = [v if "validity" in f else None for v, f in zip(valid, fields, strict=True)]
     names = tuple(fast.names)
     for start, stop in ((0, len(checked)), (len(checked) // 2, len(checked))):
-        fast_rows = _fast.batch_rows(names, columns, start, stop)
-        ref_rows = _reference.batch_rows(names, columns, start, stop)
+        fast_rows = _fast.batch_rows(names, columns, start, stop, masks)
+        ref_rows = _reference.batch_rows(names, columns, start, stop, masks)
         assert len(fast_rows) == len(ref_rows) == stop - start
         for a, b in zip(fast_rows, ref_rows, strict=True):
             assert a.keys() == b.keys()
@@ -697,3 +705,41 @@ def test_first_bad_utf8_row_agrees_with_python():
     # a character split across two rows is valid as a whole but not row by row
     whole = "é".encode()
     assert first_bad_utf8_row(np.frombuffer(whole, np.uint8), np.array([0, 1, 2])) == 0
+
+
+def test_row_packer_nulls():
+    from h5record import Float
+
+    fields = [String("s"), Integer("i"), Float("f")]
+    seen = []
+
+    def convert_f(value, index):
+        seen.append((value, index))
+        return value
+
+    names = tuple(f.name for f in fields)
+    sinks = [[] for _ in fields]
+    packer = _fast.RowPacker(
+        names,
+        [_fast.PACK_UTF8, _fast.PACK_INT, _fast.PACK_FLOAT],
+        [0, -(2**63), 0],
+        [0, 2**63 - 1, 0],
+        [0.0, 0.0, float(np.finfo(np.float64).max)],
+        (fields[0].convert, fields[1].convert, convert_f),
+        sinks,
+        [_fast.NULL_REFUSE, _fast.NULL_KEEP, _fast.NULL_CONVERT],
+    )
+    assert packer.pack({"s": "a", "i": None, "f": None}, 0) == 1  # nulls add no bytes
+    assert sinks == [[b"a"], [None], [None]] and seen == [(None, 0)]
+    with pytest.raises(RowTypeError, match="field 's', row 1: expected str, got None; declare"):
+        packer.pack({"s": None, "i": 1, "f": 2.0}, 1)
+    assert [len(s) for s in sinks] == [1, 1, 1]
+
+
+def test_null_mask():
+    values = [1, None, "a", None]
+    assert _fast.null_mask(values).tolist() == [True, False, True, False]
+    assert values == [1, None, "a", None]
+    assert _fast.null_mask(values, 0).tolist() == [True, False, True, False]
+    assert values == [1, 0, "a", 0]
+    assert _fast.null_mask([np.arange(3), b""]) is None and _fast.null_mask([]) is None

@@ -201,21 +201,26 @@ def _convert(field: Field, value):
 BAD_VALUES = [
     # String
     (String("x"), 5, RowTypeError, "expected str, got int 5"),
-    (String("x"), None, RowTypeError, "expected str, got NoneType"),
+    (
+        String("x"),
+        None,
+        RowTypeError,
+        "expected str, got None; declare the field with nullable",
+    ),
     (String("x"), b"bytes", RowTypeError, "expected str, got bytes"),
     (String("x"), ["a"], RowTypeError, "expected str, got list"),
     (String("x"), "ok \ud800", RowError, "cannot be encoded as UTF-8.*position 3"),
     (String("x"), "\udfff", RowError, "cannot be encoded as UTF-8"),
     # Bytes
     (Bytes("x"), "text", RowTypeError, "expected bytes.*got str"),
-    (Bytes("x"), None, RowTypeError, "expected bytes.*got NoneType"),
+    (Bytes("x"), None, RowTypeError, "expected bytes, got None; declare"),
     (Bytes("x"), 5, RowTypeError, "expected bytes.*got int"),
     (Bytes("x"), [1, 2], RowTypeError, "expected bytes.*got list"),
     (Bytes("x"), np.zeros((2, 2), np.uint8), RowTypeError, r"shape \(2, 2\)"),
     (Bytes("x"), np.zeros(3, np.int32), RowTypeError, "dtype int32"),
     # Integer
     (Integer("x"), "3", RowTypeError, "expected an integer, got str"),
-    (Integer("x"), None, RowTypeError, "expected an integer, got NoneType"),
+    (Integer("x"), None, RowTypeError, "expected an integer, got None; declare"),
     (Integer("x"), 1.5, RowTypeError, "expected an integer, got float"),
     (Integer("x"), 2.0, RowTypeError, "expected an integer, got float"),
     (Integer("x"), np.float64(2.0), RowTypeError, "expected an integer"),
@@ -229,7 +234,7 @@ BAD_VALUES = [
     (Integer("x", dtype="uint64"), 2**64, RowError, "out of range for uint64"),
     # Float and Float16
     (Float("x"), "1.0", RowTypeError, "expected a number, got str"),
-    (Float("x"), None, RowTypeError, "expected a number, got NoneType"),
+    (Float("x"), None, RowTypeError, "expected a number, got None; declare"),
     (Float("x"), True, RowTypeError, "expected a number, got bool"),
     (Float("x"), [1.0], RowTypeError, "expected a number, got list"),
     (Float("x"), 1 + 2j, RowTypeError, "expected a number, got complex"),
@@ -259,7 +264,12 @@ BAD_VALUES = [
     (Array("x", (2, 3), "int32"), np.zeros((3, 2), np.int32), RowError, "expected shape"),
     (Array("x", (2, 3), "int32"), np.zeros(6, np.int32), RowError, r"got \(6,\)"),
     (Array("x", (2, 3), "int32"), np.zeros((2, 3)), RowTypeError, "floating point data"),
-    (Array("x", (2, 3), "int32"), None, RowTypeError, "got None"),
+    (
+        Array("x", (2, 3), "int32"),
+        None,
+        RowTypeError,
+        r"int32 of shape \(2, 3\), got None",
+    ),
     (Array("x", (2,), "int32"), [[1], [1, 2]], RowTypeError, "expected an array of shape"),
     (Array("x", (2,), "int32"), ["a", "b"], RowTypeError, "expected an array of shape"),
     (Array("x", (2,), "int32"), [2**31, 0], RowError, "value 2147483648 is out of range"),
@@ -275,7 +285,12 @@ BAD_VALUES = [
     (ImageSequence(2, 2, 1, name="x"), np.zeros((1, 2, 2), np.uint8), RowError, "(t, c, h, w)"),
     (ImageSequence(2, 2, 1, name="x"), np.zeros((1, 1, 3, 3), np.uint8), RowError, "image shape"),
     (ImageSequence(2, 2, 1, name="x"), np.zeros((1, 1, 2, 2)), RowTypeError, "floating point"),
-    (ImageSequence(2, 2, 1, name="x"), None, RowTypeError, "got None"),
+    (
+        ImageSequence(2, 2, 1, name="x"),
+        None,
+        RowTypeError,
+        r"uint8 of shape \(n, 1, 2, 2\), got None;",
+    ),
 ]
 
 

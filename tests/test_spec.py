@@ -120,6 +120,21 @@ def to_python(entry: dict, raw: np.ndarray):
     return np.ascontiguousarray(raw)
 
 
+def _validity(group: h5py.Group, entry: dict, n: int) -> list[bool]:
+    """Section 10: bit i % 8 (least significant first) of byte i // 8; zeros past n."""
+    if not entry.get("nullable"):
+        assert "validity" not in group
+        return [True] * n
+    assert entry["nullable"] is True
+    bits = group["validity"]
+    assert bits.dtype == np.uint8 and bits.ndim == 1 and bits.shape[0] >= -(-n // 8)
+    assert bits.compression is None
+    data = bits[: -(-n // 8)]
+    if n % 8:
+        assert data[-1] >> (n % 8) == 0  # the unused bits of the last byte
+    return [bool(data[i // 8] >> (i % 8) & 1) for i in range(n)]
+
+
 def read_with_spec(path) -> tuple[dict, list[dict]]:
     """Root attributes and every row, from h5py and FORMAT.md alone."""
     with h5py.File(path, "r") as f:
@@ -133,14 +148,20 @@ def read_with_spec(path) -> tuple[dict, list[dict]]:
                 raw = _zstd_rows(group, entry, n)
             else:
                 raw = _plain_rows(group, entry, n)
-            columns[entry["name"]] = [to_python(entry, r) for r in raw]
+            valid = _validity(group, entry, n)
+            for r, ok in zip(raw, valid, strict=True):
+                assert ok or not np.any(r)  # a null stores zeros or an empty row
+            columns[entry["name"]] = [
+                to_python(entry, r) if ok else None for r, ok in zip(raw, valid, strict=True)
+            ]
     rows = [{e["name"]: columns[e["name"]][i] for e in entries} for i in range(n)]
     return attrs, rows
 
 
 def _check_root(attrs: dict, fields, n: int) -> None:
     assert attrs["h5record_format"] == "h5record"
-    assert isinstance(attrs["h5record_version"], np.int64) and attrs["h5record_version"] == 1
+    version = 2 if any(f.nullable for f in fields) else 1  # section 10
+    assert isinstance(attrs["h5record_version"], np.int64) and attrs["h5record_version"] == version
     assert isinstance(attrs["num_rows"], np.int64) and attrs["num_rows"] == n
     assert isinstance(attrs["writer"], str) and attrs["writer"].startswith("h5record ")
     entries = json.loads(attrs["schema"])["fields"]

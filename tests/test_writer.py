@@ -299,7 +299,11 @@ def test_bad_writer_options_leave_nothing(tmp_path, kwargs, error):
 
 BAD_ROWS = [
     ({"text": 5}, RowTypeError, r"field 'text', row 3: expected str, got int 5"),
-    ({"text": None}, RowTypeError, r"field 'text', row 3: expected str, got NoneType"),
+    (
+        {"text": None},
+        RowTypeError,
+        r"field 'text', row 3: expected str, got None; declare .* nullable=True",
+    ),
     ({"text": "\ud800"}, RowError, r"field 'text', row 3: string cannot be encoded as UTF-8"),
     ({"label": "3"}, RowTypeError, r"field 'label', row 3: expected an integer, got str"),
     ({"label": 1.5}, RowTypeError, r"field 'label', row 3: expected an integer"),
@@ -312,7 +316,11 @@ BAD_ROWS = [
     ({"tokens": [[1, 2]]}, RowError, r"field 'tokens', row 3: expected a 1-D sequence"),
     ({"tokens": "abc"}, RowTypeError, r"field 'tokens', row 3"),
     ({"tokens": None}, RowTypeError, r"field 'tokens', row 3"),
-    ({"score": None}, RowTypeError, r"field 'score', row 3: expected a number, got NoneType"),
+    (
+        {"score": None},
+        RowTypeError,
+        r"field 'score', row 3: expected a number, got None;",
+    ),
     ({"score": "x"}, RowTypeError, r"field 'score', row 3"),
     ({"score": True}, RowTypeError, r"field 'score', row 3"),
 ]

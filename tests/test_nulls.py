@@ -1,0 +1,374 @@
+"""Nullable fields (docs/FORMAT.md, section 10): written row by row and column-wise,
+read back as None through every read path, counted in checksums, refused where a
+field is not nullable."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import h5record.spec
+from h5record import (
+    Array,
+    Bytes,
+    Float,
+    Float16,
+    Float16Sequence,
+    FloatSequence,
+    FormatError,
+    H5Dataset,
+    H5Writer,
+    Image,
+    ImageSequence,
+    Integer,
+    RowError,
+    SchemaError,
+    Sequence,
+    String,
+    codecs,
+)
+from h5record.columns import Masked, Ragged
+from h5record.fields import Schema, field_from_json
+from h5record.verify import verify_file
+from tests.strategies import assert_row_equal, assert_value_equal
+
+N = 53  # not a multiple of 8: the last validity byte is partly filled
+
+
+def every_type(codec=None) -> list:
+    return [
+        String("text", compression=codec, nullable=True),
+        Bytes("blob", compression=codec, nullable=True),
+        Integer("id", compression=codec, nullable=True),
+        Integer("small", dtype="uint8", compression=codec, nullable=True),
+        Float("score", compression=codec, nullable=True),
+        Float16("half", compression=codec, nullable=True),
+        Sequence("tokens", dtype="int16", compression=codec, nullable=True),
+        FloatSequence("floats", compression=codec, nullable=True),
+        Float16Sequence("halves", compression=codec, nullable=True),
+        Array("matrix", (2, 3), "float64", compression=codec, nullable=True),
+        Image(3, 4, 2, name="img", compression=codec, nullable=True),
+        ImageSequence(2, 3, 1, name="frames", compression=codec, nullable=True),
+        String("never", compression=codec, nullable=True),  # nullable, no null
+        Sequence("always", compression=codec, nullable=True),  # null in every row
+        Integer("plain", compression=codec),  # not nullable
+    ]
+
+
+def _value(name: str, i: int, rng: np.random.Generator):
+    return {
+        "text": "ünï ✓ " * (i % 4),
+        "blob": rng.bytes(i % 7),
+        "id": i * 1_000_003 - 2**40,
+        "small": i % 256,
+        "score": i / 3,
+        "half": float(np.float16(i / 5)),
+        "tokens": rng.integers(-(2**15), 2**15, i % 6).astype("<i2"),
+        "floats": rng.random(i % 4).astype(np.float32),
+        "halves": rng.random(i % 3).astype(np.float16),
+        "matrix": rng.random((2, 3)) + 1,
+        "img": rng.integers(1, 256, (2, 3, 4), dtype=np.uint8),
+        "frames": rng.integers(1, 256, (i % 3 + 1, 1, 2, 3), dtype=np.uint8),
+        "never": f"row {i}",
+        "always": np.arange(i % 5),
+        "plain": i,
+    }[name]
+
+
+def _null(name: str, i: int) -> bool:
+    """Nulls in the first and last rows, runs, and a pattern of their own a field."""
+    if name in ("never", "plain"):
+        return False
+    if name == "always":
+        return True
+    return i in (0, N - 1) or (i * 5 + len(name)) % 4 == 0 or 20 <= i < 29
+
+
+def rows(schema, n: int = N, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {f.name: None if _null(f.name, i) else _value(f.name, i, rng) for f in schema}
+        for i in range(n)
+    ]
+
+
+def expected(row: dict) -> dict:
+    out = {}
+    for name, v in row.items():
+        if isinstance(v, np.ndarray) and name in ("matrix",):
+            out[name] = v.astype(np.float64)
+        elif name == "always" and v is not None:
+            out[name] = np.asarray(v, np.int64)
+        else:
+            out[name] = v
+    return out
+
+
+def _as_columns(schema, part: list[dict]) -> dict:
+    """Columns in every form write_batch takes for nulls: lists holding None, Masked
+    arrays and Masked Ragged columns whose null rows hold placeholders."""
+    columns = {}
+    for f in schema:
+        values = [row[f.name] for row in part]
+        valid = np.array([v is not None for v in values])
+        if f.name == "id":  # placeholders that are not zero
+            columns[f.name] = Masked(np.array([-7 if v is None else v for v in values]), valid)
+        elif f.name == "img":
+            junk = np.full((2, 3, 4), 9, np.uint8)
+            columns[f.name] = Masked(np.stack([junk if v is None else v for v in values]), valid)
+        elif f.name == "tokens":  # null rows' placeholders hold elements
+            full = [np.array([5, 6], "<i2") if v is None else v for v in values]
+            offsets = np.zeros(len(full) + 1, np.int64)
+            np.cumsum([len(v) for v in full], out=offsets[1:])
+            flat = np.concatenate(full) if full else np.empty(0, "<i2")
+            columns[f.name] = Masked(Ragged(flat, offsets), valid)
+        elif f.name == "blob":
+            columns[f.name] = Masked([b"junk" if v is None else v for v in values], valid)
+        else:
+            columns[f.name] = values
+    return columns
+
+
+def _write(path, schema, data, codec=None, split=30, **kw):
+    with H5Writer(path, schema, progress=False, chunk_bytes=64, **kw) as w:
+        for row in data[:split]:
+            w.write(row)
+        w.write_batch(_as_columns(schema, data[split:]))
+
+
+def _check(ds, data) -> None:
+    want = [expected(r) for r in data]
+    assert len(ds) == len(want)
+    for i in range(len(want)):
+        assert_row_equal(ds[i], want[i])
+    idx = [len(want) - 1, 0, 3, 21, 0, 40]
+    batch = ds[idx]
+    for j, i in enumerate(idx):
+        assert_row_equal(batch[j], want[i])
+    assert_row_equal(batch.to_list()[2], want[3])
+    for f in ds.schema:
+        valid = batch.valid(f.name)
+        assert valid.dtype == np.bool_
+        assert valid.tolist() == [want[i][f.name] is not None for i in idx], f.name
+        col = batch.column(f.name)
+        if f.kind in (0, 1):
+            assert col == [want[i][f.name] for i in idx]
+        elif f.variable:
+            flat, offsets = col
+            lengths = np.diff(offsets)
+            assert not lengths[~valid].any()  # nulls are empty rows
+        else:
+            assert not col[~valid].any()  # nulls are zeros
+            for j in np.flatnonzero(valid):
+                assert_value_equal(col[j].item() if col.ndim == 1 else col[j], want[idx[j]][f.name])
+    assert ds[[]].to_list() == []
+
+
+@pytest.mark.parametrize("codec", [None, "lzf", "gzip", "zstd", codecs.zstd(block_bytes=1)])
+def test_every_type_and_codec_round_trips_nulls(tmp_path, codec):
+    schema = every_type(codec)
+    data = rows(schema)
+    path = tmp_path / "n.h5"
+    _write(path, schema, data)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["h5record_version"] == 2
+        entries = json.loads(f.attrs["schema"])["fields"]
+        assert [e.get("nullable") for e in entries] == [True] * 14 + [None]
+        # Null rows store zeros or empty rows, whatever the placeholder held.
+        if codec is None:
+            assert not f["fields/id/values"][0] and not f["fields/img/values"][N - 1].any()
+            o = f["fields/tokens/offsets"][()]
+            assert o[N] - o[N - 1] == 0 and o[34 + 1] - o[34] == 0
+        assert "validity" not in f["fields/plain"]
+    for mode in (False, True, "process"):
+        with H5Dataset(path, in_memory=mode) as ds:
+            _check(ds, data)
+    with H5Dataset(path, verify=True) as ds:
+        _check(ds, data)
+    assert verify_file(str(path)).ok
+
+
+def test_schema_json_and_versions(tmp_path):
+    plain = [String("t"), Integer("i")]
+    assert "nullable" not in json.dumps([f.to_json() for f in plain])
+    assert Schema(plain).format_version == 1
+    nullable = [String("t", nullable=True), Integer("i")]
+    assert nullable[0].to_json() == {
+        "name": "t",
+        "type": "String",
+        "nullable": True,
+        "codec": {"id": "none"},
+    }
+    assert Schema(nullable).format_version == 2
+    assert field_from_json(nullable[0].to_json()) == nullable[0]
+    assert nullable[0] != plain[0] and "nullable=True" in repr(nullable[0])
+    with pytest.raises(SchemaError, match="nullable"):
+        String("t", nullable="yes")
+    with pytest.raises(SchemaError, match="invalid field entry"):
+        field_from_json({"name": "t", "type": "String", "nullable": 1})
+    difference = Schema(nullable).storage_difference(Schema(plain), "the file", "the rows")
+    assert difference == "field 't' is nullable in the file, but not in the rows"
+    for schema, version in ((plain, 1), (nullable, 2)):
+        path = tmp_path / f"v{version}.h5"
+        with H5Writer(path, schema, progress=False) as w:
+            w.write({"t": "a", "i": 1})
+        with h5py.File(path, "r") as f:
+            assert f.attrs["h5record_version"] == version
+
+
+def test_an_older_reader_refuses_a_file_with_nulls(tmp_path, monkeypatch):
+    path = tmp_path / "n.h5"
+    with H5Writer(path, [String("t", nullable=True)], progress=False) as w:
+        w.write({"t": None})
+    monkeypatch.setattr(h5record.spec, "FORMAT_VERSION", 1)
+    with pytest.raises(FormatError, match=r"version 2, but this h5record reads versions up to 1"):
+        H5Dataset(path)
+    with pytest.raises(FormatError, match="version 2"):
+        H5Writer(path, mode="a", progress=False)
+
+
+def test_a_version_1_file_claiming_nullable_fields_is_damaged(tmp_path):
+    path = tmp_path / "n.h5"
+    with H5Writer(path, [String("t", nullable=True)], progress=False, checksums=False) as w:
+        w.write({"t": None})
+    with h5py.File(path, "r+") as f:
+        f.attrs["h5record_version"] = np.int64(1)
+    with pytest.raises(FormatError, match="nullable fields, which need format version 2"):
+        H5Dataset(path)
+
+
+def test_none_in_a_field_that_is_not_nullable_says_what_to_do(tmp_path):
+    path = tmp_path / "e.h5"
+    schema = [String("t"), Sequence("s"), Integer("i", nullable=True)]
+    with H5Writer(path, schema, progress=False) as w:
+        w.write({"t": "a", "s": [1], "i": None})
+        for bad, name in (({"t": None}, "t"), ({"s": None}, "s")):
+            row = {"t": "b", "s": [2], "i": 3, **bad}
+            with pytest.raises(RowError, match=rf"field '{name}', row 1: expected .*, got None;"):
+                w.write(row)
+        with pytest.raises(RowError, match=r"field 't', row 2: expected str, got None; declare"):
+            w.write_batch({"t": ["x", None], "s": [[], []], "i": [1, 2]})
+        valid = np.array([True, True, False])
+        with pytest.raises(RowError, match=r"field 's', row 3: .*nullable=True"):
+            w.write_batch({"t": ["x"] * 3, "s": Masked([[1], [2], [3]], valid), "i": [1, 2, 3]})
+        w.write({"t": "c", "s": [], "i": 4})
+    with H5Dataset(path) as ds:  # the refused rows left nothing behind
+        assert [ds[i]["i"] for i in range(len(ds))] == [None, 4]
+
+
+def test_masked_columns_of_every_form(tmp_path):
+    path = tmp_path / "m.h5"
+    schema = [
+        String("t", nullable=True),
+        Bytes("b", nullable=True),
+        Float("f", nullable=True),
+        Sequence("s", dtype="int32", nullable=True),
+        Array("a", (2,), "int8", nullable=True),
+    ]
+    valid = np.array([False, True, True, False, True])
+    text = Ragged(np.frombuffer(b"xxabcyyzz", np.uint8), np.array([0, 2, 3, 5, 7, 9]), "text")
+    with H5Writer(path, schema, progress=False) as w:
+        w.write_batch(
+            {
+                "t": Masked(text, valid),
+                "b": Masked(np.array([b"q", b"r", b"s", b"t", b"u"], dtype=object), valid),
+                "f": Masked(np.array([np.nan, 1.5, 2.5, np.inf, 3.5]), valid),
+                "s": Masked([None, [1, 2], np.array([3]), "junk", []], valid),
+                "a": Masked(np.array([[9, 9], [1, 2], [3, 4], [9, 9], [5, 6]]), valid),
+            }
+        )
+        # An all-valid Masked column of a field that is not nullable is fine.
+        w.write_batch(
+            {
+                "t": Masked(["z"], np.array([True])),
+                "b": [None],
+                "f": [None],
+                "s": Masked(Ragged(np.zeros(3, np.int32), np.array([0, 3])), np.array([False])),
+                "a": [None],
+            }
+        )
+    with H5Dataset(path) as ds:
+        got = [ds[i] for i in range(len(ds))]
+    assert [r["t"] for r in got] == [None, "a", "bc", None, "zz", "z"]
+    assert [r["b"] for r in got] == [None, b"r", b"s", None, b"u", None]
+    assert [r["f"] for r in got] == [None, 1.5, 2.5, None, 3.5, None]
+    assert [None if r["s"] is None else r["s"].tolist() for r in got] == [
+        None,
+        [1, 2],
+        [3],
+        None,
+        [],
+        None,
+    ]
+    with h5py.File(path, "r") as f:
+        assert f["fields/t/values"][()].tobytes() == b"abczz" + b"z"
+        assert f["fields/a/values"][()].tolist() == [[0, 0], [1, 2], [3, 4], [0, 0], [5, 6], [0, 0]]
+        assert np.all(f["fields/f/values"][[0, 3, 5]] == 0)
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_append_and_resume_across_commits_inside_a_validity_byte(tmp_path, codec):
+    schema = [String("t", compression=codec, nullable=True), Integer("i", nullable=True)]
+    data = [
+        {"t": None if i % 3 == 0 else f"r{i}", "i": None if i % 7 in (1, 2) else i}
+        for i in range(61)
+    ]
+    path = tmp_path / "a.h5"
+    # A write interrupted after commits at rows 5 and 10 (mid-byte), resumed.
+    with pytest.raises(KeyboardInterrupt):
+        with H5Writer(path, schema, progress=False, commit_every=5, chunk_bytes=64) as w:
+            for row in data[:13]:
+                w.write(row)
+            raise KeyboardInterrupt
+    with H5Writer(path, schema, progress=False, resume=True, chunk_bytes=64) as w:
+        assert w.num_rows == 13  # the interrupted block committed on the way out
+        for row in data[13:19]:
+            w.write(row)
+    for a, b in ((19, 19), (19, 20), (20, 33), (33, 61)):  # appends of 0, 1, 13, 28 rows
+        with H5Writer(path, mode="a", progress=False) as w:
+            for row in data[a:b]:
+                w.write(row)
+        with H5Dataset(path, verify=True) as ds:
+            assert [ds[i] for i in range(b)] == data[:b]
+        assert verify_file(str(path)).ok
+    with h5py.File(path, "r") as f:
+        bits = f["fields/i/validity"][()]
+        assert len(bits) == 8 and bits[-1] >> 5 == 0  # 61 rows: unused high bits are zero
+    with pytest.raises(SchemaError, match="'i' is nullable in the file, but not in the given"):
+        H5Writer(path, [String("t", compression=codec, nullable=True), Integer("i")], mode="a")
+
+
+def test_verify_finds_a_flipped_validity_byte(tmp_path):
+    path = tmp_path / "v.h5"
+    schema = [String("t", nullable=True), Integer("i", nullable=True)]
+    with H5Writer(path, schema, progress=False) as w:
+        for i in range(100):
+            w.write({"t": None if i % 2 else "x", "i": i})
+    with h5py.File(path, "r+") as f:
+        bits = f["fields/t/validity"]
+        bits[5] ^= 0x04
+    report = verify_file(str(path))
+    assert not report.ok
+    assert any("field 't', dataset 'validity': checksum block 0" in d for d in report.damage)
+    with H5Dataset(path, verify=True) as ds, pytest.raises(FormatError, match="'validity'"):
+        ds[42]
+    with H5Dataset(path) as ds:  # without checksums, a flipped bit reads as changed data
+        assert ds[42]["t"] is None and ds[41]["t"] is None
+
+
+def test_damaged_validity_is_a_format_error(tmp_path):
+    path = tmp_path / "d.h5"
+    with H5Writer(path, [Integer("i", nullable=True)], progress=False, checksums=False) as w:
+        w.write_batch({"i": [None, *range(39)]})
+    with h5py.File(path, "r+") as f:
+        f["fields/i/validity"].resize((3,))
+    with pytest.raises(FormatError, match="5 validity bytes are needed"):
+        H5Dataset(path)
+    with h5py.File(path, "r+") as f:
+        del f["fields/i/validity"]
+    with pytest.raises(FormatError, match="validity dataset is missing"):
+        H5Dataset(path)
+
