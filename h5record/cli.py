@@ -62,9 +62,10 @@ def _info_of(path: str) -> int:
         codec = (f.codec or {"id": "none"})["id"]
         kind = "variable" if f.variable else "fixed"
         shape = f" element {f.element_shape}" if f.element_shape else ""
+        nullable = " nullable" if f.nullable else ""
         print(
             f"  {f.name:<24} {f.type_name:<16} {f.dtype.str:<5} {kind:<8} codec={codec}{shape}"
-            f"  mapped={'yes' if fl.values is not None else 'no'}"
+            f"{nullable}  mapped={'yes' if fl.values is not None else 'no'}"
         )
     return 0
 
@@ -131,7 +132,7 @@ examples:
 _HEAD_HELP = """Print the first rows of a file as JSON lines.
 
 Bytes show as "<N bytes>"; arrays show as lists of at most --items values,
-ending with "...(N more)" when cut.
+ending with "...(N more)" when cut; nulls show as null.
 
 examples:
   h5record head train.h5
@@ -244,6 +245,8 @@ def _schema(args: argparse.Namespace) -> int:
         codec = entry["codec"]["id"]
         if codec != "none":
             detail.append(f"codec={codec}")
+        if f.nullable:
+            detail.append("nullable")
         print(f"  {f.name:<{width}}  {f.type_name}" + (f"({', '.join(detail)})" if detail else ""))
     return 0
 
@@ -277,7 +280,9 @@ def _head(args: argparse.Namespace) -> int:
         for i in range(max(0, args.start), stop):
             row = ds[i]
             line = {
-                n: _jsonable(narrow[n](row[n]) if n in narrow else row[n], args.items)
+                n: _jsonable(
+                    narrow[n](row[n]) if n in narrow and row[n] is not None else row[n], args.items
+                )
                 for n in names
             }
             print(json.dumps(line, ensure_ascii=False))

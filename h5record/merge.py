@@ -3,7 +3,8 @@
 The rows are read column-wise, a bounded number at a time, and written
 with :meth:`H5Writer.write_batch`: variable-length fields travel as their
 joined bytes and offsets (no Python object a row), fixed fields as arrays.
-Compressed fields are decompressed and compressed again (each shard has its
+Nullable fields travel as :class:`~h5record.columns.Masked` columns, so nulls
+stay nulls. Compressed fields are decompressed and compressed again (each shard has its
 own zstd dictionary and block layout, and HDF5 chunks do not line up
 across shards), so memory stays bounded by one batch, and the output is
 written like any other file: as ``<out>.partial``, renamed when complete.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import spec
-from .columns import ARRAY, BYTES, TEXT, Ragged
+from .columns import ARRAY, BYTES, TEXT, Masked, Ragged
 from .dataset import H5Dataset
 from .fields import Field, Kind, Schema, field_from_json
 from .shards import ShardedDataset, resolve
@@ -96,6 +97,8 @@ def _copy(shard: H5Dataset, writer: H5Writer) -> None:
         for field in shard.schema:
             col = _raw_column(shard, field, idx)
             size += col.values.nbytes if isinstance(col, Ragged) else _nbytes(col)
+            if field.nullable:
+                col = Masked(col, shard.valid(field.name, idx))
             columns[field.name] = col
         writer.write_batch(columns)
         start += len(idx)
@@ -125,7 +128,7 @@ def _raw_column(shard: H5Dataset, field: Field, idx: np.ndarray) -> Any:
 def _nbytes(col: Any) -> int:
     if isinstance(col, np.ndarray):
         return int(col.nbytes)
-    return sum(map(len, col))
+    return sum(len(v) for v in col if v is not None)  # None: a null
 
 
 def _without_codecs(schema: Schema) -> list[Field]:

@@ -379,6 +379,20 @@ class ShardedDataset:
             return np.concatenate(cols)[split.inverse]
         return _reorder_ragged(cols, split.inverse)
 
+    def valid(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Whether field ``name`` of each checked global row ``idx`` holds a value."""
+        if not self.schema[name].nullable:
+            return np.ones(len(idx), np.bool_)
+        decoder = self._decoder()
+        k = self._joined_index.get(name)
+        if k is not None:
+            return decoder.valid(k, np.ascontiguousarray(idx, np.int64))
+        split = self._split(np.asarray(idx, np.int64))
+        parts = [self.shards[s].valid(name, local) for s, local in split.parts]
+        if split.inverse is None:
+            return parts[0] if parts else np.ones(0, np.bool_)
+        return np.concatenate(parts)[split.inverse]
+
     def padded(self, name: str, idx: np.ndarray, pad: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Gather a variable-length field of rows ``idx`` into a padded array."""
         decoder = self._decoder()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ._fast import null_mask
 from .dataset import Batch, _pad_ragged
 from .fields import Field, Kind
 
@@ -23,8 +24,11 @@ class Collate:
     Numeric fields become tensors of shape (batch, ...); variable-length
     numeric fields are padded to the longest row with ``pad_value`` and
     come with ``<name><lengths_suffix>`` (int64 lengths); String and Bytes
-    fields stay lists. Rows that a ``transform`` turned into something other
-    than dicts (an ``(image, label)`` tuple, say) are collated by
+    fields stay lists. A nullable field comes with ``<name><valid_suffix>``,
+    a bool tensor that is False at nulls; its values hold zeros there (a
+    variable-length field, a row of length 0; String and Bytes, ``None``).
+    Rows that a ``transform`` turned into something other than dicts (an
+    ``(image, label)`` tuple, say) are collated by
     ``torch.utils.data.default_collate``.
 
     Parameters
@@ -33,6 +37,9 @@ class Collate:
         Value that fills the tail of shorter sequences.
     lengths_suffix:
         Key suffix of the lengths tensor of each padded field.
+    valid_suffix:
+        Key suffix of the mask of each nullable field (and, in rows changed
+        by a ``transform``, of each column holding ``None``).
     tensors:
         ``True`` (default): numeric columns of an h5record batch become
         tensors. ``False``: they stay numpy arrays. ``"auto"``: arrays of
@@ -47,11 +54,15 @@ class Collate:
         pad_value: float = 0,
         lengths_suffix: str = "_lengths",
         tensors: bool | Literal["auto"] = True,
+        valid_suffix: str = "_valid",
     ) -> None:
         if tensors not in (True, False, "auto"):
             raise ValueError(f"tensors must be True, False or 'auto', got {tensors!r}")
+        if valid_suffix == lengths_suffix:
+            raise ValueError(f"valid_suffix and lengths_suffix are both {valid_suffix!r}")
         self.pad_value = pad_value
         self.lengths_suffix = lengths_suffix
+        self.valid_suffix = valid_suffix
         self.tensors = tensors
 
     def __call__(self, batch: Any) -> Any:
@@ -73,20 +84,24 @@ class Collate:
     def _from_batch(self, batch: Batch) -> dict[str, Any]:
         ds = batch.dataset
         out: dict[str, Any] = {}
-        self._check_lengths_keys(
-            [f.name for f in ds.schema], lambda name: ds.kind(name) == Kind.VARIABLE
+        self._check_keys(
+            [f.name for f in ds.schema],
+            lambda name: ds.kind(name) == Kind.VARIABLE,
+            lambda name: ds.schema[name].nullable,
         )
         for field in ds.schema:
             name = field.name
             kind = ds.kind(name)
             if kind in (Kind.STRING, Kind.BYTES):
                 out[name] = batch.column(name)
-            elif kind == Kind.VARIABLE:
+            elif kind == Kind.VARIABLE:  # null rows are stored empty: length 0
                 pad = self._pad_bytes(field.dtype, field.element_shape)
                 padded, lengths = ds.padded(name, batch.indices, pad)
                 self._put_padded(out, name, padded, lengths)
-            else:
+            else:  # null rows are stored as zeros
                 out[name] = self._tensor(batch.column(name))
+            if field.nullable:
+                out[name + self.valid_suffix] = self._tensor(batch.valid(name))
         return out
 
     def _tensor(self, array: np.ndarray) -> Any:
@@ -94,16 +109,20 @@ class Collate:
             return torch.from_numpy(array)
         return array
 
-    def _check_lengths_keys(self, names: list[str], padded: Any) -> None:
-        """Refuse a lengths key that would overwrite a field, wherever it is."""
+    def _check_keys(self, names: list[str], padded: Any, nullable: Any) -> None:
+        """Refuse a lengths or mask key that would overwrite a field, wherever it is."""
         taken = set(names)
         for name in names:
-            key = name + self.lengths_suffix
-            if key in taken and padded(name):
-                raise ValueError(
-                    f"collate: lengths key {key!r} of field {name!r} clashes with a field; "
-                    "set lengths_suffix"
-                )
+            for suffix, what, has in (
+                (self.lengths_suffix, "lengths", padded),
+                (self.valid_suffix, "valid", nullable),
+            ):
+                key = name + suffix
+                if key in taken and has(name):
+                    raise ValueError(
+                        f"collate: {what} key {key!r} of field {name!r} clashes with a field; "
+                        f"set {what}_suffix"
+                    )
 
     def _put_padded(self, out: dict[str, Any], name: str, padded: Any, lengths: Any) -> None:
         out[name] = self._tensor(padded)
@@ -120,17 +139,31 @@ class Collate:
         schema: dict[str, Field] = {f.name: f for f in getattr(rows, "schema", ())}
         out: dict[str, Any] = {}
         names = list(rows[0])
-        self._check_lengths_keys(names, lambda name: _is_ragged(rows, name, schema.get(name)))
+        columns = {}
         for name in names:
             values = [row[name] for row in rows]
+            field = schema.get(name)
+            valid = null_mask(values)
+            if valid is not None or (field is not None and field.nullable):
+                out[name + self.valid_suffix] = torch.from_numpy(
+                    np.ones(len(values), np.bool_) if valid is None else valid
+                )
+            columns[name] = values if valid is None else _fill_nulls(values, field)
+        self._check_keys(
+            names,
+            lambda name: _is_ragged(columns[name], schema.get(name)),
+            lambda name: name + self.valid_suffix in out,
+        )
+        for name in names:
+            values = columns[name]
             first = values[0]
             field = schema.get(name)
-            if isinstance(first, (str, bytes)):
+            if first is None or isinstance(first, (str, bytes)):
                 out[name] = values
             elif isinstance(first, torch.Tensor):
                 out[name] = torch.stack(values)
             elif isinstance(first, np.ndarray) and first.ndim >= 1:
-                if not _is_ragged(rows, name, field):
+                if not _is_ragged(values, field):
                     out[name] = torch.from_numpy(np.stack(values))
                 else:
                     lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
@@ -154,14 +187,39 @@ def _is_scalar(field: Field | None) -> bool:
     return field is not None and not field.variable and field.element_shape == ()
 
 
-def _is_ragged(rows: Sequence[Mapping[str, Any]], name: str, field: Field | None) -> bool:
+def _is_ragged(values: list[Any], field: Field | None) -> bool:
     """Whether this column of arrays is padded (variable field, or unequal shapes)."""
-    first = rows[0][name]
+    first = values[0]
     if not isinstance(first, np.ndarray) or first.ndim < 1:
         return False
     if field is not None and field.variable:
         return True
-    return any(row[name].shape != first.shape for row in rows)
+    return any(v.shape != first.shape for v in values)
+
+
+def _fill_nulls(values: list[Any], field: Field | None) -> list[Any]:
+    """A column of transformed rows with its ``None`` values made zeros of the
+    column's kind (empty rows of a variable field); text stays ``None``."""
+    example = next((v for v in values if v is not None), None)
+    if isinstance(example, (str, bytes)):
+        return values
+    if example is None:  # every row null: the field says what a null stores
+        if field is None or field.kind in (Kind.STRING, Kind.BYTES):
+            return values
+        fill = field.null_value()
+        fill = field.dtype.type(fill) if np.ndim(fill) == 0 else fill
+    elif isinstance(example, torch.Tensor):
+        fill = torch.zeros_like(example)
+    elif isinstance(example, np.ndarray):
+        if field is not None:
+            variable = field.variable
+        else:  # arrays of one shape: fixed; of several: padded rows, a null is empty
+            variable = any(v.shape != example.shape for v in values if v is not None)
+        shape = (0, *example.shape[1:]) if variable else example.shape
+        fill = np.zeros(shape, example.dtype)
+    else:
+        fill = type(example)(0)
+    return [fill if v is None else v for v in values]
 
 
 collate = Collate()

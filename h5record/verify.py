@@ -104,9 +104,12 @@ def _batch_rows(fl: reader.FieldLayout, n: int) -> int:
 
 
 def _bad_rows(ds: object, name: str, start: int, stop: int) -> Iterator[tuple[int, str]]:
-    """Rows of ``start:stop`` whose field ``name`` does not decode, found by halving."""
+    """Rows of ``start:stop`` whose field ``name`` (or validity bit) does not decode,
+    found by halving."""
     try:
-        ds.column(name, np.arange(start, stop, dtype=np.int64))  # type: ignore[attr-defined]
+        idx = np.arange(start, stop, dtype=np.int64)
+        ds.column(name, idx)  # type: ignore[attr-defined]
+        ds.valid(name, idx)  # type: ignore[attr-defined]
         return
     except Exception as exc:  # any failure of a damaged row is reported, none stops the check
         if stop - start == 1:

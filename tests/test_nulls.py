@@ -372,3 +372,179 @@ def test_damaged_validity_is_a_format_error(tmp_path):
     with pytest.raises(FormatError, match="validity dataset is missing"):
         H5Dataset(path)
 
+
+# -- collate, DataLoader, shards, merge, the command line -----------------------------
+
+COLLATE_SCHEMA = [
+    Integer("id"),
+    String("text", nullable=True),
+    Sequence("tok", dtype="int32", nullable=True),
+    Float("y", dtype="float32", nullable=True),
+    Array("pos", (2,), "float32", nullable=True),
+]
+
+
+def _collate_row(i: int) -> dict:
+    return {
+        "id": i,
+        "text": None if i % 3 == 0 else f"é{i}",
+        "tok": None if i % 4 == 1 else np.arange(i % 5, dtype=np.int32) + i,
+        "y": None if i % 5 == 2 else i / 4,
+        "pos": None if i % 2 else np.array([i, -i], np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def collate_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nulls") / "c.h5"
+    with H5Writer(path, COLLATE_SCHEMA, progress=False) as w:
+        for i in range(120):
+            w.write(_collate_row(i))
+    return str(path)
+
+
+def _check_collated(out: dict, ids: list[int]) -> None:
+    import torch
+
+    assert out["id"].tolist() == ids
+    for j, i in enumerate(ids):
+        want = _collate_row(i)
+        for name in ("text", "tok", "y", "pos"):
+            assert bool(out[name + "_valid"][j]) == (want[name] is not None), (i, name)
+        assert out["text"][j] == want["text"]
+        n = int(out["tok_lengths"][j])
+        if want["tok"] is None:
+            assert n == 0 and not out["tok"][j].any()
+        else:
+            assert out["tok"][j, :n].tolist() == want["tok"].tolist()
+        assert float(out["y"][j]) == (0.0 if want["y"] is None else want["y"])
+        assert out["pos"][j].tolist() == (
+            [0.0, 0.0] if want["pos"] is None else want["pos"].tolist()
+        )
+    assert out["tok_valid"].dtype == torch.bool and out["y"].dtype == torch.float32
+    assert "id_valid" not in out
+
+
+def test_collate_gives_a_mask_for_each_nullable_field(collate_file):
+    from h5record import collate
+
+    ds = H5Dataset(collate_file)
+    idx = [5, 0, 1, 2, 119, 3]
+    _check_collated(collate(ds[idx]), idx)
+    # Rows changed by a transform (dicts holding None) collate the same way.
+    rows = ds[idx]
+    from h5record.dataset import TransformedRows
+
+    _check_collated(collate(TransformedRows(rows.to_list(), ds.schema)), idx)
+    plain = collate(rows.to_list())  # no schema: masks where a column holds None
+    assert plain["tok_valid"].tolist() == [r["tok"] is not None for r in rows]
+    assert plain["tok_lengths"].tolist() == [0 if r["tok"] is None else len(r["tok"]) for r in rows]
+    all_null = [{"y": None, "t": None}, {"y": None, "t": None}]
+    assert collate(TransformedRows(all_null, Schema([Float("y", nullable=True), String("t")])))[
+        "y"
+    ].tolist() == [0.0, 0.0]
+
+
+def test_collate_valid_suffix_and_clash(tmp_path):
+    from h5record import Collate
+
+    path = tmp_path / "clash.h5"
+    with H5Writer(path, [Float("y", nullable=True), Float("y_valid")], progress=False) as w:
+        w.write({"y": None, "y_valid": 1.0})
+    ds = H5Dataset(path)
+    with pytest.raises(ValueError, match="valid key 'y_valid' of field 'y' clashes"):
+        Collate()(ds[[0]])
+    out = Collate(valid_suffix="_mask")(ds[[0]])
+    assert out["y_mask"].tolist() == [False] and out["y_valid"].tolist() == [1.0]
+    with pytest.raises(ValueError, match="both"):
+        Collate(valid_suffix="_x", lengths_suffix="_x")
+
+
+def test_dataloader_with_workers_gives_masks(collate_file):
+    from h5record import DataLoader
+
+    ds = H5Dataset(collate_file)
+    seen = []
+    for batch in DataLoader(ds, batch_size=16, num_workers=2):
+        ids = batch["id"].tolist()
+        _check_collated(batch, ids)
+        seen += ids
+    assert seen == list(range(120))
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nullshards")
+    single = root / "one.h5"
+    with H5Writer(single, COLLATE_SCHEMA, progress=False) as w:
+        for i in range(120):
+            w.write(_collate_row(i))
+    folder = root / "parts"
+    folder.mkdir()
+    bounds = [0, 45, 45, 80, 120]
+    plans = {"raw": [None, None, None, None], "mixed": [None, "zstd", "lzf", "gzip"]}
+    out = {}
+    for kind, codecs_ in plans.items():
+        paths = []
+        for k, codec in enumerate(codecs_):
+            path = folder / f"{kind}-{k}.h5"
+            with H5Writer(path, COLLATE_SCHEMA, compression=codec, progress=False) as w:
+                for i in range(bounds[k], bounds[k + 1]):
+                    w.write(_collate_row(i))
+            paths.append(str(path))
+        out[kind] = paths
+    return str(single), out
+
+
+@pytest.mark.parametrize("kind", ["raw", "mixed"])
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_shards_read_nulls_as_the_single_file(sharded, kind, in_memory):
+    from h5record import collate
+
+    single, plans = sharded
+    one = H5Dataset(single)
+    ds = H5Dataset(plans[kind], in_memory=in_memory)
+    assert len(ds) == 120
+    for i in range(120):
+        assert_row_equal(ds[i], one[i])
+    idx = [119, 0, 44, 45, 80, 3, 79, 46]
+    assert ds[idx] == one[idx].to_list()
+    for name in ds.names:
+        assert ds[idx].valid(name).tolist() == one[idx].valid(name).tolist()
+        col, want = ds[idx].column(name), one[idx].column(name)
+        if isinstance(want, tuple):
+            assert all(np.array_equal(a, b) for a, b in zip(col, want, strict=True))
+        elif isinstance(want, list):
+            assert col == want
+        else:
+            assert np.array_equal(col, want)
+    _check_collated(collate(ds[idx]), idx)
+    ds.close()
+
+
+def test_merge_keeps_nulls(sharded, tmp_path):
+    from h5record.merge import merge
+
+    single, plans = sharded
+    for kind, paths in plans.items():
+        out = tmp_path / f"{kind}.h5"
+        assert merge(out, paths) == 120
+        merged, one = H5Dataset(out), H5Dataset(single)
+        assert merged.schema.format_version == 2
+        assert merged[0:120] == one[0:120].to_list()
+        assert [f.nullable for f in merged.schema] == [f.nullable for f in COLLATE_SCHEMA]
+
+
+def test_command_line_shows_nulls_and_nullability(collate_file, capsys):
+    from h5record.cli import main
+
+    assert main(["head", collate_file, "-n", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"id": 0, "text": None, "tok": [], "y": 0.0, "pos": [0.0, -0.0]}
+    assert lines[1]["tok"] is None and lines[1]["pos"] is None and lines[2]["y"] is None
+    assert main(["schema", collate_file]) == 0
+    out = capsys.readouterr().out
+    assert "text  String(nullable)" in out and "id    Integer(dtype=int64)\n" in out
+    assert main(["info", collate_file]) == 0
+    out = capsys.readouterr().out
+    assert "h5record format 2" in out and "codec=none nullable" in out

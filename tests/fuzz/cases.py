@@ -167,6 +167,15 @@ def make_case(number: int, folder: str) -> Case:
     if isinstance(codec, dict) and codec.get("dictionary"):
         n = max(n, 300)  # a dictionary needs samples
     rows = [{f.name: _value(f, rng) for f in schema} for _ in range(n)]
+    # Nullable fields and their nulls (FORMAT.md section 10) come from a generator
+    # of their own, so that every other draw of a case stays as it was.
+    nulls = np.random.default_rng([number, 3])
+    for f in schema:
+        f.nullable = bool(nulls.random() < 1 / 3)
+    for row in rows:
+        for f in schema:
+            if f.nullable and nulls.random() < 0.25:
+                row[f.name] = None
     path = os.path.join(folder, f"case{number}.h5")
     chunk_bytes = int(rng.choice((64, 512, 1 << 20)))
     options: dict[str, Any] = {}
@@ -234,11 +243,17 @@ def _damage_bytes(case: Case, rng: np.random.Generator) -> None:
 
 
 def _bad_offsets(f: h5py.File, rng: np.random.Generator) -> str:
-    names = [n for n in _datasets(f) if n.endswith("/offsets")]
+    names = [n for n in _datasets(f) if n.endswith(("/offsets", "/validity"))]
     name = _pick(rng, names)
     if name is None:
         return _bad_chunk_table(f, rng)
     d = f[name]
+    if name.endswith("/validity"):  # too short, or other bits
+        if rng.random() < 0.5:
+            d.resize((int(rng.integers(0, d.shape[0])),))
+            return f"{name} cut to {d.shape[0]} bytes"
+        d[:] = rng.integers(0, 256, d.shape[0]).astype(np.uint8)
+        return f"{name}: random bits"
     i = int(rng.integers(0, d.shape[0]))
     before = int(d[i - 1]) if i else 0
     value = _pick(rng, [-1, before - 1, 0, d.shape[0] * 1000, *BIG, -(2**63)])
@@ -515,6 +530,8 @@ class ReadBug(AssertionError):
 
 def _check_value(fld: Any, value: Any, where: str) -> None:
     """A row's value must have the type, dtype and shape that the field promises."""
+    if value is None and fld.nullable:
+        return
     if isinstance(fld, String):
         ok = isinstance(value, str)
     elif isinstance(fld, Bytes):
