@@ -351,6 +351,20 @@ cdef Py_ssize_t gather_fixed(const Paged* vals, const int64_t* part, const int64
     return -1
 
 
+cdef Py_ssize_t gather_bits(const Paged* bits, const int64_t* idx, Py_ssize_t n,
+                            uint8_t* out) noexcept nogil:
+    """Bit ``idx[j]`` of a bitmap (least significant first) to ``out[j]``; the first
+    bad j, or -1."""
+    cdef Py_ssize_t j
+    cdef const uint8_t* p
+    for j in range(n):
+        p = paged_addr(bits, idx[j] >> 3)
+        if p == NULL:
+            return j
+        out[j] = (p[0] >> (idx[j] & 7)) & 1
+    return -1
+
+
 cdef Py_ssize_t row_bounds(const Paged* offs, const Paged* vals, const int64_t* part,
                            const int64_t* idx, Py_ssize_t n, int64_t* starts, int64_t* lens,
                            int64_t* total) noexcept nogil:
@@ -510,21 +524,32 @@ cdef class FieldReader:
             return 1
         p = paged_addr(&self.validity, i >> 3)
         if p == NULL:
-            raise FormatError(
-                f"field {self.name!r}, row {i}: the validity bitmap is out of bounds; "
-                "the file is damaged or truncated"
-            )
+            raise self.damaged_validity(i)
         return (p[0] >> (i & 7)) & 1
+
+    cdef object damaged_validity(self, int64_t row):
+        return FormatError(
+            f"field {self.name!r}, row {row}: the validity bitmap is out of bounds; "
+            "the file is damaged or truncated"
+        )
 
     cdef object valid_column(self, const int64_t[::1] idx):
         """A bool array: whether each row ``idx[j]`` holds a value."""
-        cdef Py_ssize_t j, n = idx.shape[0]
-        out = np.ones(n, np.bool_)
-        if not self.nullable:
-            return out
+        cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
+        cdef cnp.npy_intp dims[1]
+        dims[0] = n
+        out = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
         cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(out)
-        for j in range(n):
-            dst[j] = self.bit(idx[j])
+        if not self.nullable:
+            memset(dst, 1, n)
+        elif self.io.validity == NULL:  # a reader over shards: each row's own shard
+            for j in range(n):
+                dst[j] = self.bit(idx[j])
+        elif n:
+            with nogil:
+                bad = gather_bits(&self.validity, &idx[0], n, dst)
+            if bad >= 0:
+                raise self.damaged_validity(idx[bad])
         return out
 
     cdef int locate(self, int64_t i) except -1:
@@ -1466,13 +1491,16 @@ cdef class Decoder:
         cdef FieldReader reader
         cdef Py_ssize_t j
         cdef list items
+        cdef const uint8_t* valid
         self._own()
         reader = self._reader(k)
         col = reader.column(idx, raw)
         if reader.nullable and type(col) is list:
             items = col
+            mask = reader.valid_column(idx)
+            valid = <const uint8_t*>cnp.PyArray_DATA(mask)
             for j in range(idx.shape[0]):
-                if not reader.bit(idx[j]):
+                if not valid[j]:
                     items[j] = None
         return col
 
