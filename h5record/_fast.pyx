@@ -10,9 +10,9 @@ torch code lives here; the Python layer validates tables and allocates.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdint cimport int8_t, int16_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport INFINITY, NAN, ldexp, fabs, isinf
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8String
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.float cimport PyFloat_AS_DOUBLE
@@ -1067,6 +1067,44 @@ def split_by_shard(const int64_t[::1] idx, const int64_t[::1] starts):
     return grouped, begin, where
 
 
+cdef class ShardRows:
+    """Rows numbered across shards: each shard's first row (and the total), and the
+    last batch located in them, which every field of the batch asks for again."""
+
+    cdef int64_t* starts
+    cdef Py_ssize_t n_parts
+    cdef bytes last            # the last batch's rows
+    cdef object located        # their shards and rows there: a (2, n) array, read-only
+
+    def __init__(self, const int64_t[::1] starts):
+        cdef Py_ssize_t s
+        if starts.shape[0] < 2:
+            raise ValueError("starts must hold each shard's first row and the total")
+        self.n_parts = starts.shape[0] - 1
+        self.starts = <int64_t*>malloc((self.n_parts + 1) * sizeof(int64_t))
+        if self.starts == NULL:
+            raise MemoryError()
+        for s in range(self.n_parts + 1):
+            self.starts[s] = starts[s]
+
+    def __dealloc__(self):
+        free(self.starts)
+
+    cdef object locate(self, const int64_t[::1] idx):
+        """Each checked row's shard, then its row there, as a (2, n) int64 array."""
+        cdef Py_ssize_t n = idx.shape[0]
+        cdef Py_ssize_t size = n * sizeof(int64_t)
+        if (self.last is not None and PyBytes_GET_SIZE(self.last) == size
+                and memcmp(PyBytes_AS_STRING(self.last), &idx[0], size) == 0):
+            return self.located
+        rows = np.empty((2, n), np.int64)
+        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
+        locate_rows(&idx[0], n, self.starts, self.n_parts, part, part + n)
+        self.last = PyBytes_FromStringAndSize(<const char*>&idx[0], size)
+        self.located = rows
+        return rows
+
+
 cdef class ShardedField(FieldReader):
     """One field over several shards, rows numbered across them in shard order.
 
@@ -1077,7 +1115,8 @@ cdef class ShardedField(FieldReader):
     """
 
     cdef list parts            # a FieldReader per shard
-    cdef int64_t* starts       # first row of each shard, and the total
+    cdef ShardRows rows        # shared by the fields of a joined Decoder
+    cdef const int64_t* starts  # first row of each shard, and the total
     cdef Py_ssize_t n_parts
     cdef FieldReader current   # the located row's shard reader
     cdef int64_t local         # and its row there
@@ -1086,11 +1125,11 @@ cdef class ShardedField(FieldReader):
     cdef Paged* values
     cdef Paged* offsets
 
-    def __init__(self, list parts, const int64_t[::1] starts):
+    def __init__(self, list parts, ShardRows rows):
         cdef FieldReader first, part
         cdef Py_ssize_t s
-        if not parts or starts.shape[0] != len(parts) + 1:
-            raise ValueError("ShardedField needs a reader per shard and shards + 1 starts")
+        if not parts or rows.n_parts != len(parts):
+            raise ValueError("ShardedField needs a reader per shard")
         first = parts[0]
         for part in parts:
             if (part.kind, part.dtype, part.element_shape) != (first.kind, first.dtype,
@@ -1102,12 +1141,9 @@ cdef class ShardedField(FieldReader):
         self.nullable = any(part.nullable for part in parts)
         self.keep_alive = []
         self.parts = parts
-        self.n_parts = len(parts)
-        self.starts = <int64_t*>malloc((self.n_parts + 1) * sizeof(int64_t))
-        if self.starts == NULL:
-            raise MemoryError()
-        for s in range(self.n_parts + 1):
-            self.starts[s] = starts[s]
+        self.rows = rows
+        self.starts = rows.starts
+        self.n_parts = rows.n_parts
         self.n_rows = self.starts[self.n_parts]
         # Exactly RawField: a subclass may read more than these arrays.
         if all(type(part) is RawField for part in parts):
@@ -1120,7 +1156,6 @@ cdef class ShardedField(FieldReader):
                 self.offsets[s] = (<RawField>parts[s]).offsets
 
     def __dealloc__(self):
-        free(self.starts)
         free(self.values)
         free(self.offsets)
 
@@ -1159,25 +1194,14 @@ cdef class ShardedField(FieldReader):
         cdef Py_ssize_t s = self.shard_of(row)
         return (<FieldReader>self.parts[s]).damaged(row - self.starts[s])
 
-    cdef object locate_batch(self, const int64_t[::1] idx):
-        """A (4, n) int64 array: each row's shard and row there, then room for
-        its start and length (variable fields)."""
-        cdef Py_ssize_t n = idx.shape[0]
-        rows = np.empty((4, n), np.int64)
-        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
-        locate_rows(&idx[0], n, self.starts, self.n_parts, part, part + n)
-        return rows
-
     cdef object raw_column(self, const int64_t[::1] idx, bint raw):
         """A column of raw shards in one pass over the rows, as RawField reads one."""
         cdef Py_ssize_t j, bad = -1, n = idx.shape[0]
         cdef int64_t total
         cdef uint8_t* dst
-        rows = self.locate_batch(idx)
-        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
-        cdef int64_t* local = part + n
-        cdef int64_t* st = part + 2 * n
-        cdef int64_t* ln = part + 3 * n
+        rows = self.rows.locate(idx)
+        cdef const int64_t* part = <const int64_t*>cnp.PyArray_DATA(rows)
+        cdef const int64_t* local = part + n
         if not self.variable:
             arr = new_array(1, n, 0, self.element_shape, self.typenum)
             dst = <uint8_t*>cnp.PyArray_DATA(arr)
@@ -1186,6 +1210,9 @@ cdef class ShardedField(FieldReader):
             if bad >= 0:
                 raise self.damaged_at(idx[bad])
             return arr
+        bounds = np.empty((2, n), np.int64)  # each row's first element, and length
+        cdef int64_t* st = <int64_t*>cnp.PyArray_DATA(bounds)
+        cdef int64_t* ln = st + n
         with nogil:
             bad = row_bounds(self.offsets, self.values, part, local, n, st, ln, &total)
         if bad >= 0:
@@ -1212,12 +1239,13 @@ cdef class ShardedField(FieldReader):
         cdef list out = PyList_New(n)
         cdef object item
         cdef const uint8_t* p
+        cdef const Paged* values = self.values
         for j in range(n):
             if j + PREFETCH_AHEAD < n:
-                p = paged_addr(self.values + part[j + PREFETCH_AHEAD], st[j + PREFETCH_AHEAD])
+                p = paged_addr(values + part[j + PREFETCH_AHEAD], st[j + PREFETCH_AHEAD])
                 if p != NULL:
                     prefetch(p)
-            if paged_ptr(self.values + part[j], st[j], st[j] + ln[j], &p) != 1:  # spans chunks
+            if paged_ptr(values + part[j], st[j], st[j] + ln[j], &p) != 1:  # spans chunks
                 p = (<RawField>self.parts[part[j]]).contiguous(local[j], st[j], st[j] + ln[j])
             item = self.build(idx[j], p, ln[j])
             Py_INCREF(item)
@@ -1295,10 +1323,11 @@ cdef class ShardedField(FieldReader):
         if self.values == NULL:
             flat, offsets = self.column(idx, True)
             return pad_ragged(flat, offsets, pad, min_len)
-        rows = self.locate_batch(idx)
-        cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
-        cdef int64_t* st = part + 2 * n
-        cdef int64_t* ln = part + 3 * n
+        rows = self.rows.locate(idx)
+        cdef const int64_t* part = <const int64_t*>cnp.PyArray_DATA(rows)
+        lengths = np.empty(2 * n, np.int64)  # each row's length, then its first element
+        cdef int64_t* ln = <int64_t*>cnp.PyArray_DATA(lengths)
+        cdef int64_t* st = ln + n
         with nogil:
             bad = row_bounds(self.offsets, self.values, part, part + n, n, st, ln, &total)
         if bad >= 0:
@@ -1314,14 +1343,26 @@ cdef class ShardedField(FieldReader):
             bad = gather_rows(self.values, part, st, ln, n, width, fill, dst)
         if bad >= 0:
             raise self.damaged_at(idx[bad])
-        return out, rows[3]
+        return out, lengths[:n]
 
 
 def join_readers(list decoders, const int64_t[::1] starts):
     """One Decoder over shards: each field of the first decoder, read from every
     decoder (same fields, same order), rows numbered across them in order."""
-    cdef Decoder first = decoders[0]
-    readers = [ShardedField([(<Decoder>d).readers[k] for d in decoders], starts)
+    cdef Decoder first, d
+    cdef Py_ssize_t j
+    if not decoders or starts.shape[0] != len(decoders) + 1:
+        raise ValueError("join_readers needs a decoder per shard and shards + 1 starts")
+    first = decoders[0]
+    for j, d in enumerate(decoders):
+        if d.names != first.names:
+            raise ValueError(f"every decoder must read the same fields, got {d.names} and "
+                             f"{first.names}")
+        if starts[j + 1] - starts[j] != d.n_rows:
+            raise ValueError(f"shard {j} holds {d.n_rows} rows, but starts gives it "
+                             f"{starts[j + 1] - starts[j]}")
+    rows = ShardRows(starts)
+    readers = [ShardedField([(<Decoder>d).readers[k] for d in decoders], rows)
                for k in range(first.n_fields)]
     cdef Decoder joined = Decoder(starts[len(decoders)], readers)
     cdef Py_ssize_t s, n = len(decoders)
