@@ -13,10 +13,11 @@ every repeat reads random rows of its own, the same for both:
 - DataLoader: ``h5record.DataLoader(batch_size=256, num_workers=0)`` over
   random rows, its collate included (padded tensors for tokens).
 
-Every rate is the median of the repeats, and the ratio of the shards' to
-the one file's is shown twice: of wall-clock time, and of the reading
-thread's CPU time, which leaves out what other processes take on a shared
-machine. Then :func:`h5record.write_shards` writes text pairs as 4 shards
+Every rate is the median of the repeats; the ratio of the shards' rate to
+the one file's is the median of the repeats' ratios (each repeat reads the
+same rows from both, side by side), shown twice: of wall-clock time, and of
+the reading thread's CPU time, which leaves out what other processes take
+on a shared machine. Then :func:`h5record.write_shards` writes text pairs as 4 shards
 with 1 and with 2 worker processes (spawn, each reading its rows from the
 one file), repeats interleaved, beside the same call on empty inputs (the
 start-up a large job pays once).
@@ -81,8 +82,8 @@ class Plan:
 
 # Many short repeats: on a shared machine a repeat that another process
 # interrupts is an outlier the median leaves out.
-QUICK = Plan(repeats=21, rows=5_000, batches=20, write_rows=600_000, write_repeats=2)
-FULL = Plan(repeats=31, rows=20_000, batches=40, write_rows=3_000_000, write_repeats=3)
+QUICK = Plan(repeats=41, rows=10_000, batches=40, write_rows=600_000, write_repeats=2)
+FULL = Plan(repeats=61, rows=20_000, batches=80, write_rows=3_000_000, write_repeats=3)
 
 # What a timed run returns: items handled, wall-clock seconds, this thread's CPU seconds.
 Timing = tuple[int, float, float]
@@ -98,26 +99,28 @@ def since(items: int, started: tuple[float, float]) -> Timing:
 
 
 def interleaved(
-    fns: dict[str, Callable[[int], Timing]], repeats: int
-) -> dict[str, tuple[float, float]]:
-    """Median items per second of each ``fn``: of wall-clock time, and of CPU time.
+    base: Callable[[int], Timing], other: Callable[[int], Timing], repeats: int
+) -> dict[str, float]:
+    """Items per second of ``base`` and ``other``, and how fast ``other`` is beside it.
 
-    ``fn(r)`` runs repeat ``r`` (-1: a warm-up, not counted); every repeat
-    calls each in turn, the first one last in the next repeat. CPU time (of
-    the reading thread) leaves out the time other processes of a busy machine
-    take from it.
+    ``fn(r)`` runs repeat ``r`` (-1: a warm-up, not counted); each repeat runs
+    both on the same rows, who goes first alternating. Returns the median
+    rates (``base``, ``other``; of wall-clock time) and the medians of the
+    repeats' ratios ``other / base`` (``x``; ``x_cpu`` of the reading thread's
+    CPU time, which leaves out what other processes of a busy machine take).
     """
-    for fn in fns.values():
-        fn(-1)
-    wall: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
+    base(-1)
+    other(-1)
+    rates: dict[str, list[float]] = {"base": [], "other": [], "x": [], "x_cpu": []}
     for r in range(repeats):
-        for name in order if r % 2 else order[::-1]:  # who goes first alternates
-            items, w, c = fns[name](r)
-            wall[name].append(items / w)
-            cpu[name].append(items / max(c, 1e-9))
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
+        first, second = (base, other) if r % 2 else (other, base)
+        timed = {fn: fn(r) for fn in (first, second)}
+        (n0, w0, c0), (n1, w1, c1) = timed[base], timed[other]
+        rates["base"].append(n0 / w0)
+        rates["other"].append(n1 / w1)
+        rates["x"].append((n1 / w1) / (n0 / w0))
+        rates["x_cpu"].append((n1 / max(c1, 1e-9)) / (n0 / max(c0, 1e-9)))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def write_both(workload: workloads.Workload, folder: str) -> tuple[str, str]:
@@ -149,8 +152,7 @@ def read_rates(one: Any, sharded: Any, plan: Plan) -> dict[str, dict[str, float]
 
     Every repeat reads rows of its own, drawn at random (so a repeat does not
     find the rows of the last one in the CPU caches), the same for both.
-    Each metric is given as rows/s of wall-clock time, and as ``<metric>_cpu``
-    rows per CPU second of the reading thread.
+    Gives, per metric, what :func:`interleaved` returns (the one file as ``base``).
     """
     import torch
     from torch.utils.data import RandomSampler
@@ -202,13 +204,10 @@ def read_rates(one: Any, sharded: Any, plan: Plan) -> dict[str, dict[str, float]
 
         return run
 
-    out: dict[str, dict[str, float]] = {ONE: {}, SHARDED: {}}
+    out: dict[str, dict[str, float]] = {}
     timed = {"row_rows_s": row_loop, "batch_rows_s": batch_loop, "dl_nw0": loader}
     for metric, make in timed.items():
-        got = interleaved({ONE: make(one), SHARDED: make(sharded)}, plan.repeats)
-        for system, (wall, cpu) in got.items():
-            out[system][metric] = wall
-            out[system][f"{metric}_cpu"] = cpu
+        out[metric] = interleaved(make(one), make(sharded), plan.repeats)
     return out
 
 
@@ -272,8 +271,8 @@ def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results
     plan = QUICK if quick else FULL
     table = Table(
         f"Shards: the same rows as one file and as {SHARDS} shards, read warm (rows/s, "
-        "medians of interleaved repeats; ratios of the medians, of wall-clock time and of "
-        "the reading thread's CPU time)"
+        "medians of interleaved repeats; ratios: medians of the repeats' ratios, of "
+        "wall-clock time and of the reading thread's CPU time)"
     )
     source = None
     for name in ("text", "tokens", "images"):
@@ -286,17 +285,14 @@ def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results
         got = read_rates(one, sharded, plan)
         one.close()
         sharded.close()
-        metrics = ("row_rows_s", "batch_rows_s", "dl_nw0")
-        for system in (ONE, SHARDED):
-            table.add(name, system, **{k: got[system][k] for k in metrics})
-        wall_x = {k: got[SHARDED][k] / got[ONE][k] for k in metrics}
-        cpu_x = {k: got[SHARDED][f"{k}_cpu"] / got[ONE][f"{k}_cpu"] for k in metrics}
-        table.add(name, f"{SHARDED} / {ONE}", **{k: f"{v:.2f}x" for k, v in wall_x.items()})
-        table.add(name, "the same, CPU time", **{k: f"{v:.2f}x" for k, v in cpu_x.items()})
+        table.add(name, ONE, **{k: v["base"] for k, v in got.items()})
+        table.add(name, SHARDED, **{k: v["other"] for k, v in got.items()})
+        table.add(name, f"{SHARDED} / {ONE}", **{k: f"{v['x']:.2f}x" for k, v in got.items()})
+        table.add(name, "the same, CPU time", **{k: f"{v['x_cpu']:.2f}x" for k, v in got.items()})
         results[("shards", name)] = {
-            **{k: got[ONE][k] for k in metrics},
-            **{f"{k}_x": v for k, v in wall_x.items()},
-            **{f"{k}_x_cpu": v for k, v in cpu_x.items()},
+            **{k: v["base"] for k, v in got.items()},
+            **{f"{k}_x": v["x"] for k, v in got.items()},
+            **{f"{k}_x_cpu": v["x_cpu"] for k, v in got.items()},
         }
         if name == "text":
             source = one_path
