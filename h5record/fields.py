@@ -300,7 +300,7 @@ class Field:
         """A column without its nulls: ``(values, valid)``.
 
         ``values`` may be a :class:`~h5record.columns.Masked` column, or hold
-        ``None`` entries (a list). Null rows' entries become
+        ``None`` entries (a list, a tuple or a 1-D object array). Null rows' entries become
         :meth:`null_value` whatever they held; ``valid`` is None when every
         row holds a value. A null in a field that is not nullable raises
         the error of :meth:`null_error` for its first row.
@@ -312,6 +312,8 @@ class Field:
             valid, values = values.valid, values.values
         elif isinstance(values, (list, tuple)):
             valid = null_mask(values if isinstance(values, list) else list(values))
+        elif isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1:
+            valid = null_mask(values.tolist())  # e.g. a pandas object column
         if valid is None or valid.all():
             return values, None
         if not self.nullable:

@@ -183,12 +183,28 @@ def test_every_type_and_codec_round_trips_nulls(tmp_path, codec):
             o = f["fields/tokens/offsets"][()]
             assert o[N] - o[N - 1] == 0 and o[34 + 1] - o[34] == 0
         assert "validity" not in f["fields/plain"]
-    for mode in (False, True, "process"):
-        with H5Dataset(path, in_memory=mode) as ds:
+    for options in (
+        {},
+        {"in_memory": True},
+        {"in_memory": True, "cache_compressed": True},
+        {"in_memory": "process"},
+        {"verify": True},
+        {"verify": True, "in_memory": "process"},
+    ):
+        with H5Dataset(path, **options) as ds:
             _check(ds, data)
-    with H5Dataset(path, verify=True) as ds:
-        _check(ds, data)
     assert verify_file(str(path)).ok
+
+
+def test_node_cache_and_the_1_0_4_form(tmp_path):
+    schema = [String("t", nullable=True), Integer("i", nullable=True, compression="zstd")]
+    data = [{"t": None if i % 3 else f"r{i}", "i": None if i % 4 == 1 else i} for i in range(30)]
+    path = tmp_path / "legacy.h5"
+    ds = H5Dataset(schema, str(path), iter(data))  # writes the file, row by row
+    assert [ds[i] for i in range(30)] == data
+    ds.close()
+    with H5Dataset(path, in_memory="node") as node:
+        assert node[[3, 1, 0]].to_list() == [data[3], data[1], data[0]]
 
 
 def test_schema_json_and_versions(tmp_path):
@@ -255,8 +271,11 @@ def test_none_in_a_field_that_is_not_nullable_says_what_to_do(tmp_path):
         with pytest.raises(RowError, match=r"field 's', row 3: .*nullable=True"):
             w.write_batch({"t": ["x"] * 3, "s": Masked([[1], [2], [3]], valid), "i": [1, 2, 3]})
         w.write({"t": "c", "s": [], "i": 4})
+        # A Masked column without a null is fine for a field that is not nullable.
+        w.write_batch({"t": Masked(["d"], np.array([True])), "s": [[5]], "i": [None]})
     with H5Dataset(path) as ds:  # the refused rows left nothing behind
-        assert [ds[i]["i"] for i in range(len(ds))] == [None, 4]
+        assert [ds[i]["i"] for i in range(len(ds))] == [None, 4, None]
+        assert ds[2]["t"] == "d"
 
 
 def test_masked_columns_of_every_form(tmp_path):
@@ -280,11 +299,11 @@ def test_masked_columns_of_every_form(tmp_path):
                 "a": Masked(np.array([[9, 9], [1, 2], [3, 4], [9, 9], [5, 6]]), valid),
             }
         )
-        # An all-valid Masked column of a field that is not nullable is fine.
+        # All-valid and all-null columns; an object array holding None.
         w.write_batch(
             {
                 "t": Masked(["z"], np.array([True])),
-                "b": [None],
+                "b": np.array([None], dtype=object),
                 "f": [None],
                 "s": Masked(Ragged(np.zeros(3, np.int32), np.array([0, 3])), np.array([False])),
                 "a": [None],
