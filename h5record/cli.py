@@ -223,6 +223,14 @@ def _add_tools(sub: Any) -> None:
         metavar="COLUMN",
         help="leave a column out (repeatable)",
     )
+    p.add_argument(
+        "--nullable",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="let a column hold nulls (repeatable; 'all' for every column); by default, "
+        "the columns that the source's metadata or first rows show to hold one",
+    )
     p.add_argument("--split", help="split of a Hugging Face DatasetDict")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows read at a time")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -320,6 +328,7 @@ def _convert(args: argparse.Namespace) -> int:
         args.out,
         format=args.format,
         overrides=dict.fromkeys(args.drop) or None,
+        nullable=True if "all" in args.nullable else (args.nullable or None),
         batch_rows=args.batch_rows,
         split=args.split,
         compression=args.compression,

@@ -134,14 +134,6 @@ class Masked:
         return f"Masked({self.values!r}, {self.null_count} nulls)"
 
 
-def null_error(name: str, row: int) -> RowError:
-    """The error for a null in a column: h5record fields hold no nulls (yet)."""
-    return RowError(
-        f"field {name!r}, row {row}: null value; h5record fields cannot hold nulls: fill "
-        "them first (pyarrow.compute.fill_null, DataFrame.fillna) or drop those rows"
-    )
-
-
 def to_columns(data: Any, first_row: int = 0) -> dict[str, Any]:
     """A dict of columns for :meth:`H5Writer.write_batch` from tabular ``data``.
 
@@ -163,7 +155,7 @@ def to_columns(data: Any, first_row: int = 0) -> dict[str, Any]:
     Raises
     ------
     RowError
-        A column holds a null (naming the column and the row).
+        A list column holds a null element (naming the column and the row).
     RowTypeError
         A column's type has no h5record field (naming the column and type).
     """
@@ -239,8 +231,14 @@ def _arrow_array(arr: Any, typ: Any, name: str, first_row: int) -> Any:
     import pyarrow as pa
 
     t = pa.types
+    if t.is_null(typ):
+        return [None] * len(arr)
     if arr.null_count:
-        raise null_error(name, first_row + _first_null(arr))
+        # Null slots hold whatever Arrow left there; filling them gives the
+        # writer a column of the usual form, and the mask says which rows are null.
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        filled = _fill_nulls(arr, typ)
+        return Masked(_arrow_array(filled, filled.type, name, first_row), valid)
     if isinstance(typ, pa.BaseExtensionType):
         if isinstance(typ, pa.FixedShapeTensorType):
             if typ.permutation is not None and list(typ.permutation) != sorted(typ.permutation):
@@ -284,7 +282,7 @@ def _arrow_array(arr: Any, typ: Any, name: str, first_row: int) -> Any:
     if t.is_list(typ) or t.is_large_list(typ):
         offsets = np.asarray(arr.offsets, np.int64) if len(arr) else np.zeros(1, np.int64)
         child = arr.flatten()
-        values = _arrow_array(child, child.type, f"{name}[]", 0)
+        values = _list_values(child, name, typ, first_row, offsets - offsets[0])
         if isinstance(values, Ragged):
             raise RowTypeError(
                 f"field {name!r}: Arrow type {typ} (lists of variable-length values) has no "
@@ -293,7 +291,10 @@ def _arrow_array(arr: Any, typ: Any, name: str, first_row: int) -> Any:
         return Ragged(values, offsets - offsets[0], ARRAY)
     if t.is_fixed_size_list(typ):
         child = arr.flatten()
-        values = _arrow_array(child, child.type, f"{name}[]", 0)
+        size = typ.list_size
+        values = _list_values(
+            child, name, typ, first_row, np.arange(len(arr) + 1, dtype=np.int64) * size
+        )
         if isinstance(values, Ragged):
             raise RowTypeError(f"field {name!r}: Arrow type {typ} has no h5record field")
         return values.reshape((len(arr), typ.list_size, *values.shape[1:]))
@@ -301,14 +302,56 @@ def _arrow_array(arr: Any, typ: Any, name: str, first_row: int) -> Any:
         return arr.to_numpy(zero_copy_only=True)
     if t.is_boolean(typ):
         return arr.to_numpy(zero_copy_only=False)
-    if t.is_null(typ):
-        if len(arr):
-            raise null_error(name, first_row)
-        return np.empty(0, np.int64)
     raise RowTypeError(
         f"field {name!r}: Arrow type {typ} has no h5record field; cast the column first "
         "(e.g. timestamps to int64, decimals to float64, structs to separate columns)"
     )
+
+
+def _list_values(child: Any, name: str, typ: Any, first_row: int, offsets: np.ndarray) -> Any:
+    """The elements of a list column; nulls among them are refused, naming the row."""
+    if child.null_count:
+        row = first_row + int(np.searchsorted(offsets, _first_null(child), side="right")) - 1
+        raise RowError(
+            f"field {name!r}, row {row}: a null element inside a list ({typ}); h5record "
+            "stores nulls of whole rows only: fill them first (pyarrow.compute.fill_null)"
+        )
+    return _arrow_array(child, child.type, f"{name}[]", 0)
+
+
+def _fill_nulls(arr: Any, typ: Any) -> Any:
+    """``arr`` with its null slots filled by an empty or zero value of its type."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(typ, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(typ, _fill_nulls(arr.storage, typ.storage_type))
+    if pa.types.is_dictionary(typ):
+        arr = arr.dictionary_decode()
+        typ = typ.value_type
+    return pc.fill_null(arr, pa.scalar(_zero(typ), typ))
+
+
+def _zero(typ: Any) -> Any:
+    """The Python value of an empty row of Arrow type ``typ``."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_fixed_size_list(typ):
+        return [_zero(typ.value_type)] * typ.list_size
+    if t.is_list(typ) or t.is_large_list(typ) or t.is_list_view(typ) or t.is_large_list_view(typ):
+        return []
+    if t.is_fixed_size_binary(typ):
+        return bytes(typ.byte_width)
+    if t.is_binary(typ) or t.is_large_binary(typ) or t.is_binary_view(typ):
+        return b""
+    if t.is_string(typ) or t.is_large_string(typ) or t.is_string_view(typ):
+        return ""
+    if t.is_struct(typ):
+        return {f.name: _zero(f.type) if f.name == "bytes" else None for f in typ}
+    if t.is_boolean(typ):
+        return False
+    return 0
 
 
 def _offsets(arr: Any, typ: Any) -> np.ndarray:
@@ -346,7 +389,7 @@ def _pandas_column(series: Any, name: str, first_row: int) -> Any:
     missing = np.asarray(series.isna())
     numpy_float = isinstance(series.dtype, np.dtype) and series.dtype.kind == "f"
     if missing.any() and not numpy_float:  # NaN is a value of a float column, NA is not
-        raise null_error(name, first_row + int(np.argmax(missing)))
+        return _pandas_nulls(series, missing, name, first_row)
     if isinstance(series.dtype, pd.CategoricalDtype):
         return series.astype(series.dtype.categories.dtype).to_numpy()
     if series.dtype.kind in "biuf":
@@ -357,6 +400,23 @@ def _pandas_column(series: Any, name: str, first_row: int) -> Any:
             return series.to_numpy(dtype=series.dtype.numpy_dtype)
     if series.dtype.kind == "O":
         return series.to_numpy()
+    raise RowTypeError(
+        f"field {name!r}: pandas dtype {series.dtype} has no h5record field; convert the "
+        "column first (e.g. datetimes to int64)"
+    )
+
+
+def _pandas_nulls(series: Any, missing: np.ndarray, name: str, first_row: int) -> Any:
+    """A column with nulls (``None``, ``NA``, ``NaT``): numbers as :class:`Masked`
+    arrays, objects as a list holding ``None`` at the nulls."""
+    dtype = getattr(series.dtype, "numpy_dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":  # Int64, Float64, boolean
+        values = series.to_numpy(dtype=dtype, na_value=0)
+        return Masked(values, ~missing)
+    if series.dtype.kind == "O" or str(series.dtype) == "string":
+        values = series.to_numpy(dtype=object)
+        values[missing] = None
+        return list(values)
     raise RowTypeError(
         f"field {name!r}: pandas dtype {series.dtype} has no h5record field; convert the "
         "column first (e.g. datetimes to int64)"

@@ -26,13 +26,18 @@ from typing import Any
 import numpy as np
 
 from .errors import SchemaError
-from .fields import Array, Bytes, Field, Float, Integer, Schema, Sequence, String
+from .fields import Array, Bytes, Field, Float, Integer, Schema, Sequence, String, field_from_json
 
 # Rows looked at when inferring a schema from row dicts.
 SAMPLE_ROWS = 1000
 
 
-def infer_schema(data: Any, overrides: Mapping[str, Field | None] | None = None) -> Schema:
+def infer_schema(
+    data: Any,
+    overrides: Mapping[str, Field | None] | None = None,
+    *,
+    nullable: bool | Iterable[str] | None = None,
+) -> Schema:
     """Infer an h5record schema from a table, a frame, an array or rows.
 
     Parameters
@@ -44,6 +49,11 @@ def infer_schema(data: Any, overrides: Mapping[str, Field | None] | None = None)
     overrides:
         Field name to the :class:`~h5record.fields.Field` to use instead of
         the inferred one, or to ``None`` to leave the column out.
+    nullable:
+        Which inferred fields may hold nulls. By default (``None``), those
+        whose column holds a null in the data looked at (an Arrow schema
+        holds no data: no field). ``True``: every field. Column names: those
+        columns, besides the ones holding a null.
 
     Returns
     -------
@@ -64,7 +74,19 @@ def infer_schema(data: Any, overrides: Mapping[str, Field | None] | None = None)
     >>> infer_schema({"text": ["a"], "n": [1]}, overrides={"n": None}).names
     ['text']
     """  # noqa: E501
+    if _is_rows(data):  # sampled once: an iterator cannot be read twice
+        data = list(islice(iter(data), SAMPLE_ROWS))
     fields = _infer(data)
+    with_nulls = set(fields) if nullable is True else _columns_with_nulls(data, fields)
+    if nullable not in (None, True, False):
+        asked = {nullable} if isinstance(nullable, str) else set(nullable)
+        unknown_nullable = sorted(asked - set(fields))
+        if unknown_nullable:
+            raise SchemaError(
+                f"nullable names no column: {unknown_nullable}; the columns are {list(fields)}"
+            )
+        with_nulls |= asked
+    fields = {n: _as_nullable(f) if n in with_nulls else f for n, f in fields.items()}
     overrides = dict(overrides or {})
     unknown = [name for name in overrides if name not in fields]
     if unknown:
@@ -108,6 +130,47 @@ def _infer(data: Any) -> dict[str, Field]:
         names = list(rows[0])
         return {str(n): _values_field(str(n), [r.get(n) for r in rows]) for n in names}
     raise SchemaError(f"cannot infer a schema from {type(data).__name__}")
+
+
+def _is_rows(data: Any) -> bool:
+    module = type(data).__module__.split(".")[0]
+    return (
+        module not in ("pyarrow", "datasets", "pandas")
+        and not isinstance(data, (np.ndarray, Mapping, str, bytes))
+        and isinstance(data, Iterable)
+    )
+
+
+def _as_nullable(field: Field) -> Field:
+    return field_from_json({**field.to_json(), "nullable": True})
+
+
+def _columns_with_nulls(data: Any, fields: Mapping[str, Field]) -> set[str]:
+    """The columns of ``data`` that hold a null in what :func:`_infer` looked at."""
+    module = type(data).__module__.split(".")[0]
+    if module == "pyarrow" and hasattr(data, "column"):  # Table, RecordBatch
+        return {n for n in fields if data.column(n).null_count}
+    if module == "pandas" and hasattr(data, "columns"):
+        return {n for n in fields if _column_has_null(data[n])}
+    if isinstance(data, Mapping):
+        return {n for n in fields if _column_has_null(data[n])}
+    if isinstance(data, np.ndarray):
+        return {n for n in fields if _column_has_null(data[n])}
+    if isinstance(data, list):  # rows, as sampled by infer_schema
+        return {n for n in fields if any(r.get(n) is None for r in data)}
+    return set()  # an Arrow or datasets schema: no data
+
+
+def _column_has_null(col: Any) -> bool:
+    module = type(col).__module__.split(".")[0]
+    if module == "pyarrow":
+        return bool(col.null_count)
+    if module == "pandas":
+        numpy_float = isinstance(col.dtype, np.dtype) and col.dtype.kind == "f"
+        return not numpy_float and bool(col.isna().any())  # NaN is a float value
+    if isinstance(col, np.ndarray):
+        return col.dtype.kind == "O" and any(v is None for v in col[:SAMPLE_ROWS])
+    return any(v is None for v in islice(iter(col), SAMPLE_ROWS))
 
 
 def _refuse(name: str, what: Any, hint: str = "") -> SchemaError:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from h5record import Bytes, H5Dataset, H5Writer, ImageSequence, Integer, RowError, Sequence, String
-from h5record.columns import Ragged, to_columns
+from h5record.columns import Masked, Ragged, to_columns
 
 pa = pytest.importorskip("pyarrow")
 
@@ -103,12 +103,67 @@ def test_chunked_columns_join():
     assert [v.tolist() for v in to_columns({"s": lists})["s"]] == [[1], [2, 3], [4, 5, 6]]
 
 
-def test_nulls_name_the_column_and_row():
-    table = pa.table({"t": ["a", "b", None]})
-    with pytest.raises(RowError, match=r"field 't', row 12: null value.*fill"):
-        to_columns(table, first_row=10)
-    with pytest.raises(RowError, match=r"field 'n', row 1: null"):
-        to_columns({"n": pa.array([1, None])})
+@pytest.mark.parametrize(
+    ("values", "typ", "empty"),
+    [
+        (["a", None, "ccc", None], pa.string(), ""),
+        (["a", None, "ccc", None], pa.large_string(), ""),
+        ([b"a", None, b"ccc", None], pa.binary(), b""),
+        ([b"ab", None, b"cd", None], pa.binary(2), b"\0\0"),
+        ([1, None, 3, None], pa.int16(), 0),
+        ([1.5, None, 3.5, None], pa.float32(), 0),
+        ([True, None, False, None], pa.bool_(), False),
+        ([[1, 2], None, [3], None], pa.list_(pa.int32()), []),
+        ([[1, 2], None, [3, 4], None], pa.list_(pa.int8(), 2), [0, 0]),
+        (["x", None, "x", None], pa.dictionary(pa.int8(), pa.string()), ""),
+    ],
+)
+def test_arrow_nulls_become_a_mask_over_empty_rows(values, typ, empty):
+    if pa.types.is_dictionary(typ):
+        arr = pa.array(values).dictionary_encode()
+    else:
+        arr = pa.array(values, typ)
+    col = to_columns(pa.table({"c": arr}).slice(0), first_row=5)["c"]
+    assert isinstance(col, Masked)
+    assert col.valid.tolist() == [True, False, True, False]
+    got = [v.tolist() if isinstance(v, np.ndarray) else v for v in col]
+    assert got[1] is None and got[3] is None
+    assert got[0] == values[0] and got[2] == values[2]
+    placeholder = col.values[1]
+    placeholder = placeholder.tolist() if isinstance(placeholder, np.ndarray) else placeholder
+    assert placeholder == empty
+
+
+def test_arrow_nulls_of_a_sliced_array_keep_their_rows():
+    arr = pa.array([None, "a", None, "bb", "c"]).slice(1, 3)
+    col = to_columns({"t": arr})["t"]
+    assert list(col) == ["a", None, "bb"]
+
+
+def test_arrow_null_column_is_all_none():
+    assert to_columns({"n": pa.nulls(3)})["n"] == [None, None, None]
+
+
+def test_null_inside_a_list_names_the_row():
+    arr = pa.array([[1], [2, 3], [4, None]], pa.list_(pa.int64()))
+    with pytest.raises(RowError, match=r"field 's', row 12: a null element inside a list"):
+        to_columns({"s": arr}, first_row=10)
+
+
+def test_pandas_nulls():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {
+            "n": pd.array([1, None, 3], dtype="Int64"),
+            "o": ["a", None, "c"],
+            "f": [1.0, float("nan"), 2.0],
+        }
+    )
+    cols = to_columns(frame)
+    assert isinstance(cols["n"], Masked) and list(cols["n"]) == [1, None, 3]
+    assert cols["n"].values.dtype == np.int64
+    assert list(cols["o"]) == ["a", None, "c"]
+    assert np.isnan(cols["f"][1])  # NaN is a value of a float column, not a null
 
 
 def test_unsupported_arrow_type_is_named():
@@ -145,10 +200,11 @@ def test_pandas_frames(tmp_path):
     ds = H5Dataset(path)
     assert [ds[i]["text"] for i in range(200)] == cols["text"]
     np.testing.assert_array_equal(ds[199]["tokens"], cols["tokens"][199])
-    with pytest.raises(RowError, match=r"field 'n', row 2: null"):
-        to_columns(pd.DataFrame({"n": pd.array([1, 2, None], dtype="Int64")}))
-    with pytest.raises(RowError, match=r"field 't', row 1: null"):
-        to_columns(pd.DataFrame({"t": pd.Series(["a", None], dtype=object)}))
+    nulls = to_columns(pd.DataFrame({"n": pd.array([1, 2, None], dtype="Int64")}))["n"]
+    assert list(nulls) == [1, 2, None]
+    with pytest.raises(RowError, match=r"field 'n', row 2: .*nullable=True"):
+        with H5Writer(tmp_path / "n.h5", [Integer("n")], progress=False) as w:
+            w.write_batch(pd.DataFrame({"n": pd.array([1, 2, None], dtype="Int64")}))
     cat = to_columns(pd.DataFrame({"c": pd.Categorical(["x", "y", "x"])}))["c"]
     assert list(cat) == ["x", "y", "x"]
     floats = to_columns(pd.DataFrame({"f": [1.0, np.nan]}))["f"]  # NaN is a float value
@@ -174,7 +230,7 @@ def test_write_batch_takes_tables_directly(tmp_path):
         w.write_batch(pa.table({"t": ["c"], "n": [3]}))
         w.write_batch({"t": pa.array(["d"]), "n": pa.array([4])})
         w.write_batch(np.array([("e", 5)], dtype=[("t", object), ("n", "<i8")]))
-        with pytest.raises(RowError, match=r"field 't', row 6: null"):
+        with pytest.raises(RowError, match=r"field 't', row 6: .*nullable=True"):
             w.write_batch(pa.table({"t": ["f", None], "n": [6, 7]}))
     assert [r["t"] for r in H5Dataset(path)[:]] == ["a", "b", "c", "d", "e"]
 

@@ -13,6 +13,7 @@ import pytest
 from h5record import Bytes, FormatError, H5Dataset, Integer, RowError, Sequence, String
 from h5record.convert import convert, detect_format
 from h5record.convert.legacy import looks_like_1_0_4
+from h5record.convert.text import from_jsonl
 
 pa = pytest.importorskip("pyarrow")
 
@@ -83,13 +84,66 @@ def test_json_lines_and_csv(tmp_path):
     _equal(H5Dataset(tmp_path / "c.h5"), [{"n": i, "s": f"s{i}"} for i in range(200)])
 
 
-def test_null_in_source_names_the_row_and_leaves_no_file(tmp_path):
-    lines = [json.dumps({"n": i}) for i in range(10)] + ['{"n": null}']
+def test_null_after_the_first_block_names_the_row_and_leaves_no_file(tmp_path):
+    lines = [json.dumps({"n": i}) for i in range(2000)] + ['{"n": null}']
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "n.h5"
-    with pytest.raises(RowError, match=r"field 'n', row 10: null value.*fill"):
-        convert(tmp_path / "a.jsonl", out, progress=False)
+    with pytest.raises(RowError, match=r"field 'n', row 2000: .*nullable"):
+        from_jsonl(tmp_path / "a.jsonl", out, block_bytes=4096, progress=False)
     assert not list(tmp_path.glob("n.h5*"))
+    convert(tmp_path / "a.jsonl", out, nullable=["n"], progress=False)
+    _equal(H5Dataset(out), [{"n": i} for i in range(2000)] + [{"n": None}])
+
+
+def _with_nulls(n: int):
+    """_table's columns with nulls in every column at different rows."""
+    table = _table(n, seed=3)
+    columns = {}
+    for k, name in enumerate(table.column_names):
+        col = table.column(name).combine_chunks()
+        mask = pa.array([(i + k) % 7 == 0 for i in range(n)])
+        columns[name] = pa.compute.if_else(mask, pa.scalar(None, col.type), col)
+    return pa.table(columns)
+
+
+def test_nulls_round_trip_through_every_arrow_source(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = _with_nulls(500)
+    rows = table.to_pylist()
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=128)
+    with pa.OSFile(str(tmp_path / "a.arrow"), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=100)
+    text_rows = [{k: r[k] for k in ("text", "tokens", "label")} for r in rows[:50]]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in text_rows))
+    for src, expect in (("a.parquet", rows), ("a.arrow", rows), ("a.jsonl", text_rows)):
+        out = tmp_path / (src + ".h5")
+        convert(tmp_path / src, out, progress=False)
+        ds = H5Dataset(out)
+        assert all(f.nullable for f in ds.schema), src
+        _equal(ds, expect)
+    # Parquet statistics find nulls past the first row group
+    late = pa.table({"n": pa.array([1] * 300 + [None], pa.int64())})
+    pq.write_table(late, tmp_path / "late.parquet", row_group_size=100)
+    convert(tmp_path / "late.parquet", tmp_path / "late.h5", batch_rows=50, progress=False)
+    assert H5Dataset(tmp_path / "late.h5")[300]["n"] is None
+    (tmp_path / "c.csv").write_text("n,s\n1,a\n,b\n3,\n")
+    convert(tmp_path / "c.csv", tmp_path / "c.h5", progress=False)
+    _equal(
+        H5Dataset(tmp_path / "c.h5"), [{"n": 1, "s": "a"}, {"n": None, "s": "b"}, {"n": 3, "s": ""}]
+    )
+
+
+def test_dataframe_nulls_round_trip(tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {"n": pd.array([1, None, 3], dtype="Int64"), "t": ["a", None, "c"], "f": [0.5, 1.5, None]}
+    )
+    convert(frame, tmp_path / "f.h5", progress=False)
+    ds = H5Dataset(tmp_path / "f.h5")
+    assert [ds[i]["n"] for i in range(3)] == [1, None, 3]
+    assert [ds[i]["t"] for i in range(3)] == ["a", None, "c"]
+    assert np.isnan(ds[2]["f"]) and not ds.schema["f"].nullable  # NaN is a float value
 
 
 def test_tables_frames_and_overrides(tmp_path):

@@ -125,3 +125,37 @@ def test_pandas_frames():
         Sequence("o", dtype="int64"),
         Integer("ni", "int16"),
     ]
+
+
+def _nullable(schema):
+    return {f.name for f in schema if f.nullable}
+
+
+def test_columns_holding_nulls_are_nullable():
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"t": ["a", None], "n": [1, 2], "s": [[1], None]})
+    schema = infer_schema(table)
+    assert _nullable(schema) == {"t", "s"}
+    assert schema.fields[0] == String("t", nullable=True)
+    assert _nullable(infer_schema(table.schema)) == set()  # a schema holds no data
+    assert _nullable(infer_schema(table.schema, nullable=["n"])) == {"n"}
+    assert _nullable(infer_schema(table, nullable=True)) == {"t", "n", "s"}
+    rows = iter([{"t": "a", "n": 1}, {"t": None, "n": 2}, {"n": 3}])
+    assert _nullable(infer_schema(rows)) == {"t"}
+    assert _nullable(infer_schema({"t": ["a", None], "u": np.array(["a"], object)})) == {"t"}
+    with pytest.raises(SchemaError, match=r"nullable names no column: \['x'\]"):
+        infer_schema(table, nullable=["x"])
+
+
+def test_pandas_nulls_make_nullable_fields():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {
+            "n": pd.array([1, None], dtype="Int64"),
+            "f": [1.0, float("nan")],  # NaN is a float value
+            "o": ["a", None],
+        }
+    )
+    schema = infer_schema(frame)
+    assert _nullable(schema) == {"n", "o"}
+    assert schema.fields[0] == Integer("n", "int64", nullable=True)

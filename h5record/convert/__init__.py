@@ -62,6 +62,8 @@ def write_tables(
     schema: Any = None,
     like: Any = None,
     overrides: dict[str, Field | None] | None = None,
+    nullable: bool | Iterable[str] | None = None,
+    null_columns: Iterable[str] = (),
     source: str = "the source",
     total: int | None = None,
     compression: Any = None,
@@ -82,8 +84,12 @@ def write_tables(
         The schema; by default inferred from ``like``, or from the first table.
     like:
         What to infer the schema from (an Arrow schema, say), when not the first table.
-    overrides:
-        Passed to :func:`~h5record.infer_schema`.
+    overrides, nullable:
+        Passed to :func:`~h5record.infer_schema`; besides the columns named
+        by ``nullable``, the inferred fields of ``null_columns`` and of the
+        columns holding a null in the first table may hold nulls.
+    null_columns:
+        Columns the source knows to hold nulls (from its metadata).
     source:
         Name of the source, for error messages.
     total:
@@ -105,12 +111,19 @@ def write_tables(
     tables = iter(tables)
     first: list[Any] = []
     if schema is None:
+        # The first table is looked at even when the schema comes from ``like``:
+        # its nulls make fields nullable.
+        first = [t for t in [next(tables, None)] if t is not None]
         if like is None:
-            first = [t for t in [next(tables, None)] if t is not None]
             if not first:
                 raise SchemaError(f"{source} has no rows to infer a schema from; give a schema")
             like = first[0]
-        schema = infer_schema(like, overrides)
+        if nullable is not True:
+            found = set(null_columns) | (_null_columns(first[0]) if first else set())
+            if nullable is not None:
+                found |= {nullable} if isinstance(nullable, str) else set(nullable)
+            nullable = found
+        schema = infer_schema(like, overrides, nullable=nullable)
     schema = Schema.coerce(schema)
     writer = H5Writer(
         out,
@@ -183,6 +196,13 @@ def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join()
+
+
+def _null_columns(table: Any) -> set[str]:
+    """Columns of an Arrow table or record batch that hold a null."""
+    if not hasattr(table, "schema") or not hasattr(table, "column"):
+        return set()  # not Arrow: infer_schema looks at it when it is ``like``
+    return {name for name in table.schema.names if table.column(name).null_count}
 
 
 def _skip(table: Any, rows: int) -> tuple[Any, int]:
@@ -267,6 +287,7 @@ def convert(
     format: str | None = None,
     schema: Any = None,
     overrides: dict[str, Field | None] | None = None,
+    nullable: bool | Iterable[str] | None = None,
     batch_rows: int = BATCH_ROWS,
     split: str | None = None,
     compression: Any = None,
@@ -291,6 +312,11 @@ def convert(
     schema, overrides:
         The schema, or overrides of the inferred one
         (see :func:`~h5record.infer_schema`).
+    nullable:
+        Which inferred fields may hold nulls: by default those whose column
+        the source's metadata or its first rows show to hold a null (a null
+        found later stops the conversion, naming the column: give it here);
+        ``True`` for every field, or column names.
     batch_rows:
         Rows read from the source at a time (bounds memory).
     split:
@@ -312,6 +338,7 @@ def convert(
     kw: dict[str, Any] = dict(
         schema=schema,
         overrides=overrides,
+        nullable=nullable,
         compression=compression,
         overwrite=overwrite,
         resume=resume,

@@ -29,20 +29,46 @@ def from_parquet(
     pq = need("pyarrow.parquet", "arrow")
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     files = [os.fspath(f) for f in files]
-    schemas, total = [], 0
+    schemas, total, nulls = [], 0, set()
     for path in files:
         meta = pq.read_metadata(path)
         total += meta.num_rows
         schemas.append(meta.schema.to_arrow_schema())
+        nulls |= _parquet_null_columns(meta)
     _same_schema(files, schemas)
     return write_tables(
         parquet_batches(files, batch_rows),
         out,
         like=schemas[0],
+        null_columns=nulls,
         source=files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more",
         total=total,
         **kw,
     )
+
+
+def _parquet_null_columns(meta: Any) -> set[str]:
+    """Top-level columns whose statistics count a null in some row group.
+
+    Nested columns are left to the first rows: their statistics count an
+    empty list as a null.
+    """
+    flat = {
+        meta.schema.column(c).path: c
+        for c in range(meta.num_columns)
+        if meta.schema.column(c).max_repetition_level == 0
+    }
+    out = set()
+    for name in meta.schema.to_arrow_schema().names:
+        c = flat.get(name)
+        if c is None:
+            continue
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(c).statistics
+            if stats is not None and stats.has_null_count and stats.null_count:
+                out.add(name)
+                break
+    return out
 
 
 def _same_schema(files: list[str], schemas: list[Any]) -> None:
@@ -53,8 +79,9 @@ def _same_schema(files: list[str], schemas: list[Any]) -> None:
             )
 
 
-def _open_ipc(path: str) -> tuple[Any, Any, Any]:
-    """(schema, iterator of record batches, rows or None) of an Arrow IPC file or stream."""
+def _open_ipc(path: str) -> tuple[Any, Any, Any, set[str]]:
+    """(schema, iterator of record batches, rows or None, columns holding nulls) of an
+    Arrow IPC file or stream."""
     pa = need("pyarrow", "arrow")
     source = pa.memory_map(path)
     try:
@@ -62,10 +89,20 @@ def _open_ipc(path: str) -> tuple[Any, Any, Any]:
     except pa.ArrowInvalid:  # the stream format (Hugging Face's .arrow files use it)
         source.seek(0)
         stream = pa.ipc.open_stream(source)
-        return stream.schema, iter(stream), None
+        return stream.schema, iter(stream), None, set()
     batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
     rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    return reader.schema, batches, rows
+    return reader.schema, batches, rows, _ipc_null_columns(reader)
+
+
+def _ipc_null_columns(reader: Any) -> set[str]:
+    """Columns holding a null in some record batch (counts stored in the file: no scan)."""
+    names = reader.schema.names
+    out: set[str] = set()
+    for i in range(reader.num_record_batches):
+        batch = reader.get_batch(i)
+        out.update(n for k, n in enumerate(names) if batch.column(k).null_count)
+    return out
 
 
 def from_arrow(files: list[str] | str, out: str | os.PathLike[str], **kw: Any) -> int:
@@ -80,13 +117,14 @@ def from_arrow(files: list[str] | str, out: str | os.PathLike[str], **kw: Any) -
     rows = [o[2] for o in opened]
 
     def batches() -> Iterator[Any]:
-        for _, it, _ in opened:
+        for _, it, _, _ in opened:
             yield from it
 
     return write_tables(
         batches(),
         out,
         like=opened[0][0],
+        null_columns=set().union(*(o[3] for o in opened)),
         source=files[0],
         total=None if None in rows else sum(rows),
         **kw,
@@ -113,8 +151,9 @@ def from_table(
     if schema is None:
         from ..infer import infer_schema
 
-        schema = infer_schema(table, kw.pop("overrides", None))
+        schema = infer_schema(table, kw.pop("overrides", None), nullable=kw.pop("nullable", None))
     kw.pop("overrides", None)
+    kw.pop("nullable", None)
     return write_tables(
         _chain(first, rest), out, schema=schema, source=type(table).__name__, total=n, **kw
     )

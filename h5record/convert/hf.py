@@ -60,6 +60,9 @@ def from_hf(
     features = ds.features
     like = features.arrow_schema if features is not None else None
     total = len(ds) if isinstance(ds, datasets.Dataset) else None
+    if isinstance(ds, datasets.Dataset):  # null counts are kept with the Arrow data
+        table = ds.data.table
+        kw["null_columns"] = {n for n in table.schema.names if table.column(n).null_count}
     batches = ds.with_format("arrow").iter(batch_size=batch_rows)
     name = getattr(getattr(ds, "info", None), "dataset_name", None)
     source = f"dataset {name}" if name else "the dataset"
