@@ -900,7 +900,10 @@ cdef class ZstdField(FieldReader):
             if paged_copy(&self.values, c0, c0 + take, head) < 0:
                 raise self.damaged(j * R)
             content = ZSTD_getFrameContentSize(head, take)
-            if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
+            # Above the field's largest block or above what the frame's own bytes
+            # can decompress to (this also catches zstd's error codes): a lie.
+            if (content > <unsigned long long>self.max_block
+                    or content > <unsigned long long>frame_bound(c1 - c0)):
                 raise self.damaged(j * R)
             size = <int64_t>content
             r = min(R, self.n_rows - j * R)
