@@ -20,13 +20,16 @@ the reading thread's CPU time, which leaves out what other processes take
 on a shared machine. Then :func:`h5record.write_shards` writes text pairs as 4 shards
 with 1 and with 2 worker processes (spawn, each reading its rows from the
 one file), repeats interleaved, beside the same call on empty inputs (the
-start-up a large job pays once).
+start-up a large job pays once) and beside a CPU-bound loop run by 1 and by
+2 processes at the same moments: what the machine gave two processes.
 
 ``python -m benchmarks.run --sections shards`` runs this section alone.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -50,6 +53,7 @@ SEED = 0
 BATCH = 256
 SHARDS = 4
 BLOCK_ROWS = 10_000
+SPIN = 3_000_000  # about 0.1 s of pure Python
 
 ONE = "one file"
 SHARDED = f"{SHARDS} shards"
@@ -225,12 +229,34 @@ def text_rows(item: tuple[str, int, int]) -> Iterator[dict[str, Any]]:
     ds.close()
 
 
+def spin(n: int) -> int:
+    """Pure Python work of a fixed size."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def cpu_parallelism(pool: cf.ProcessPoolExecutor) -> float:
+    """How much faster 2 processes do two pieces of CPU-bound work than one does:
+    near 2 on an idle 2-core machine, less when other processes hold the cores."""
+    start = time.perf_counter()
+    for piece in (SPIN, SPIN):
+        pool.submit(spin, piece).result()
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    for future in [pool.submit(spin, SPIN) for _ in range(2)]:
+        future.result()
+    return one / (time.perf_counter() - start)
+
+
 def write_rates(source: str, folder: str, plan: Plan) -> dict[str, float]:
     """write_shards with 1 and 2 worker processes, repeats interleaved.
 
     Each repeat also times the same call on 4 empty inputs: the start-up
     (spawning and importing the workers, the manifest), which a large job
-    pays once.
+    pays once; and :func:`cpu_parallelism`, what the machine gives two
+    processes at that moment.
     """
     total = plan.write_rows
     bounds = np.linspace(0, total, SHARDS + 1).astype(np.int64).tolist()
@@ -239,13 +265,19 @@ def write_rates(source: str, folder: str, plan: Plan) -> dict[str, float]:
     schema = H5Dataset(source).schema
     out = os.path.join(folder, "written")
     times: dict[tuple[int, bool], list[float]] = {}
-    for _ in range(plan.write_repeats):
-        for workers in (1, 2):
-            for job, rows in ((True, inputs), (False, empty)):
-                shutil.rmtree(out, ignore_errors=True)
-                start = time.perf_counter()
-                write_shards(rows, text_rows, out, schema, workers=workers, progress=False)
-                times.setdefault((workers, job), []).append(time.perf_counter() - start)
+    machine = []
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(spin, 1).result()  # both started before anything is timed
+        pool.submit(spin, 1).result()
+        for _ in range(plan.write_repeats):
+            machine.append(cpu_parallelism(pool))
+            for workers in (1, 2):
+                for job, rows in ((True, inputs), (False, empty)):
+                    shutil.rmtree(out, ignore_errors=True)
+                    start = time.perf_counter()
+                    write_shards(rows, text_rows, out, schema, workers=workers, progress=False)
+                    times.setdefault((workers, job), []).append(time.perf_counter() - start)
+            machine.append(cpu_parallelism(pool))
     shutil.rmtree(out, ignore_errors=True)
     t = {key: statistics.median(v) for key, v in times.items()}
     got: dict[str, float] = {}
@@ -255,6 +287,7 @@ def write_rates(source: str, folder: str, plan: Plan) -> dict[str, float]:
         got[f"rows_s_after_start_{w}"] = total / max(t[(w, True)] - t[(w, False)], 1e-9)
     got["x"] = got["rows_s_2"] / got["rows_s_1"]
     got["x_after_start"] = got["rows_s_after_start_2"] / got["rows_s_after_start_1"]
+    got["x_cpu_loop"] = statistics.median(machine)
     return got
 
 
@@ -324,5 +357,8 @@ def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results
         rows_s=f"{got['x']:.2f}x",
         rows_s_after_start_up=f"{got['x_after_start']:.2f}x",
     )
+    # What the machine gave two processes meanwhile: below ~1.9x, other
+    # processes held the cores, and no writer could scale further.
+    table.add("CPU-bound loop", "2 processes / 1", rows_s=f"{got['x_cpu_loop']:.2f}x")
     table.print()
     results[("shards write",)] = got
