@@ -329,6 +329,9 @@ def _fill_nulls(arr: Any, typ: Any) -> Any:
     if pa.types.is_dictionary(typ):
         arr = arr.dictionary_decode()
         typ = typ.value_type
+    if pa.types.is_string_view(typ) or pa.types.is_binary_view(typ):  # fill_null has no kernel
+        typ = pa.large_string() if pa.types.is_string_view(typ) else pa.large_binary()
+        arr = arr.cast(typ)
     return pc.fill_null(arr, pa.scalar(_zero(typ), typ))
 
 
@@ -409,12 +412,20 @@ def _pandas_column(series: Any, name: str, first_row: int) -> Any:
 def _pandas_nulls(series: Any, missing: np.ndarray, name: str, first_row: int) -> Any:
     """A column with nulls (``None``, ``NA``, ``NaT``): numbers as :class:`Masked`
     arrays, objects as a list holding ``None`` at the nulls."""
+    import pandas as pd
+
+    if isinstance(series.dtype, pd.CategoricalDtype):  # a null is code -1
+        categories = series.dtype.categories.to_numpy()
+        codes = series.cat.codes.to_numpy()
+        if len(categories) and categories.dtype.kind in "biuf":
+            return Masked(categories[np.maximum(codes, 0)], codes >= 0)
+        return [categories[c] if c >= 0 else None for c in codes.tolist()]
     dtype = getattr(series.dtype, "numpy_dtype", None)
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":  # Int64, Float64, boolean
         values = series.to_numpy(dtype=dtype, na_value=0)
         return Masked(values, ~missing)
     if series.dtype.kind == "O" or str(series.dtype) == "string":
-        values = series.to_numpy(dtype=object)
+        values = series.to_numpy(dtype=object, copy=True)  # pandas may lend a read-only view
         values[missing] = None
         return list(values)
     raise RowTypeError(

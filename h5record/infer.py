@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .columns import Masked
 from .errors import SchemaError
 from .fields import Array, Bytes, Field, Float, Integer, Schema, Sequence, String, field_from_json
 
@@ -52,8 +53,8 @@ def infer_schema(
     nullable:
         Which inferred fields may hold nulls. By default (``None``), those
         whose column holds a null in the data looked at (an Arrow schema
-        holds no data: no field). ``True``: every field. Column names: those
-        columns, besides the ones holding a null.
+        holds no data: no field). ``True``: every field; ``False``: none.
+        Column names: those columns, besides the ones holding a null.
 
     Returns
     -------
@@ -77,7 +78,12 @@ def infer_schema(
     if _is_rows(data):  # sampled once: an iterator cannot be read twice
         data = list(islice(iter(data), SAMPLE_ROWS))
     fields = _infer(data)
-    with_nulls = set(fields) if nullable is True else _columns_with_nulls(data, fields)
+    if nullable is True:
+        with_nulls = set(fields)
+    elif nullable is False:
+        with_nulls = set()
+    else:
+        with_nulls = _columns_with_nulls(data, fields)
     if nullable not in (None, True, False):
         asked = {nullable} if isinstance(nullable, str) else set(nullable)
         unknown_nullable = sorted(asked - set(fields))
@@ -162,6 +168,9 @@ def _columns_with_nulls(data: Any, fields: Mapping[str, Field]) -> set[str]:
 
 
 def _column_has_null(col: Any) -> bool:
+    """Whether a column in memory holds a null anywhere."""
+    if isinstance(col, Masked):
+        return bool(col.null_count)
     module = type(col).__module__.split(".")[0]
     if module == "pyarrow":
         return bool(col.null_count)
@@ -169,8 +178,8 @@ def _column_has_null(col: Any) -> bool:
         numpy_float = isinstance(col.dtype, np.dtype) and col.dtype.kind == "f"
         return not numpy_float and bool(col.isna().any())  # NaN is a float value
     if isinstance(col, np.ndarray):
-        return col.dtype.kind == "O" and any(v is None for v in col[:SAMPLE_ROWS])
-    return any(v is None for v in islice(iter(col), SAMPLE_ROWS))
+        return col.dtype.kind == "O" and any(v is None for v in col)
+    return any(v is None for v in col)
 
 
 def _refuse(name: str, what: Any, hint: str = "") -> SchemaError:

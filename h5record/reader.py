@@ -127,6 +127,8 @@ def _read_layout(path: str) -> FileLayout:
                 f"{path}: written in h5record format version {version}, but this h5record "
                 f"reads versions up to {spec.FORMAT_VERSION}; upgrade h5record"
             )
+        if version < spec.FIRST_VERSION:
+            raise FormatError(f"{path}: unknown h5record format version {version}; damaged file")
         # Before the rest is used: a damaged attribute is named as damage.
         checked = check_metadata(f, path)
         schema_text = _attr(f, spec.ATTR_SCHEMA, path)

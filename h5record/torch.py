@@ -199,7 +199,9 @@ def _is_ragged(values: list[Any], field: Field | None) -> bool:
 
 def _fill_nulls(values: list[Any], field: Field | None) -> list[Any]:
     """A column of transformed rows with its ``None`` values made zeros of the
-    column's kind (empty rows of a variable field); text stays ``None``."""
+    column's kind: empty rows for numpy rows of a variable field, zeros shaped
+    like the first value for tensors (torch.stack takes one shape); text stays
+    ``None``."""
     example = next((v for v in values if v is not None), None)
     if isinstance(example, (str, bytes)):
         return values

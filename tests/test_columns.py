@@ -250,3 +250,35 @@ def test_image_sequence_frames_joined():
     last = np.arange(5 * 6, dtype=np.uint8).reshape(5, 2, 3, 1)
     flat, _ = field.convert_column(Ragged(last, offsets), 0)
     np.testing.assert_array_equal(flat, np.moveaxis(last, -1, -3))
+
+
+def test_pandas_null_columns_of_every_kind_write(tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {
+            "b": pd.Series([b"x", None, b"y"], dtype=object),
+            "s": pd.Series([np.arange(2), None, np.arange(1)], dtype=object),
+            "c": pd.Categorical([1, None, 2]),
+            "w": pd.Categorical(["u", None, "u"]),
+        }
+    )
+    schema = [
+        Bytes("b", nullable=True),
+        Sequence("s", dtype="int64", nullable=True),
+        Integer("c", "int64", nullable=True),
+        String("w", nullable=True),
+    ]
+    with H5Writer(tmp_path / "p.h5", schema, progress=False) as w:
+        w.write_batch(frame)
+    ds = H5Dataset(tmp_path / "p.h5")
+    assert [ds[i]["b"] for i in range(3)] == [b"x", None, b"y"]
+    assert ds[1]["s"] is None and ds[2]["s"].tolist() == [0]
+    assert [ds[i]["c"] for i in range(3)] == [1, None, 2]
+    assert [ds[i]["w"] for i in range(3)] == ["u", None, "u"]
+
+
+@pytest.mark.parametrize("typ", [pa.string_view(), pa.binary_view()])
+def test_arrow_view_nulls(typ):
+    values = ["x", None, "yy"] if pa.types.is_string_view(typ) else [b"x", None, b"yy"]
+    col = to_columns({"v": pa.array(values, typ)})["v"]
+    assert list(col) == values

@@ -275,3 +275,11 @@ def test_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match=r"pip install 'h5record\[arrow\]'"):
         need("pyarrow.parquet", "arrow")
+
+
+def test_convert_nullable_false_keeps_fields_not_nullable(tmp_path):
+    table = pa.table({"n": pa.array([1, 2], pa.int64())})
+    convert(table, tmp_path / "f.h5", nullable=False, progress=False)
+    assert not H5Dataset(tmp_path / "f.h5").schema["n"].nullable
+    with pytest.raises(RowError, match=r"field 'n', row 1: .*nullable"):
+        convert(pa.table({"n": [1, None]}), tmp_path / "g.h5", nullable=False, progress=False)

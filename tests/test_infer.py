@@ -159,3 +159,14 @@ def test_pandas_nulls_make_nullable_fields():
     schema = infer_schema(frame)
     assert _nullable(schema) == {"n", "o"}
     assert schema.fields[0] == Integer("n", "int64", nullable=True)
+
+
+def test_nulls_anywhere_in_a_column_in_memory_count():
+    from h5record.columns import Masked
+
+    n = 2500
+    valid = np.ones(n, bool)
+    valid[-1] = False
+    cols = {"m": Masked(np.arange(n), valid), "l": [1] * (n - 1) + [None]}
+    assert _nullable(infer_schema(cols)) == {"m", "l"}
+    assert _nullable(infer_schema(cols, nullable=False)) == set()

@@ -254,6 +254,11 @@ def test_a_version_1_file_claiming_nullable_fields_is_damaged(tmp_path):
         f.attrs["h5record_version"] = np.int64(1)
     with pytest.raises(FormatError, match="nullable fields, which need format version 2"):
         H5Dataset(path)
+    for version in (0, -3):
+        with h5py.File(path, "r+") as f:
+            f.attrs["h5record_version"] = np.int64(version)
+        with pytest.raises(FormatError, match=f"unknown h5record format version {version}"):
+            H5Dataset(path)
 
 
 def test_none_in_a_field_that_is_not_nullable_says_what_to_do(tmp_path):

@@ -118,7 +118,7 @@ def write_tables(
             if not first:
                 raise SchemaError(f"{source} has no rows to infer a schema from; give a schema")
             like = first[0]
-        if nullable is not True:
+        if nullable not in (True, False):
             found = set(null_columns) | (_null_columns(first[0]) if first else set())
             if nullable is not None:
                 found |= {nullable} if isinstance(nullable, str) else set(nullable)
@@ -316,7 +316,7 @@ def convert(
         Which inferred fields may hold nulls: by default those whose column
         the source's metadata or its first rows show to hold a null (a null
         found later stops the conversion, naming the column: give it here);
-        ``True`` for every field, or column names.
+        ``True`` for every field, ``False`` for none, or column names.
     batch_rows:
         Rows read from the source at a time (bounds memory).
     split:
