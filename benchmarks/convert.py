@@ -9,8 +9,9 @@ an Arrow table go through :meth:`H5Writer.write_batch`. Beside each figure,
 in the same run: reading the Parquet file alone (``pyarrow.parquet.read_table``)
 and writing the output's bytes with plain ``os.write`` (the disk's share).
 Runs are interleaved; figures are medians. The peak memory of a conversion
-is how much a fresh process's resident set grows while it converts, against
-the decoded size of one row group.
+is how much a fresh process's resident set grows while it converts, for
+the file and for the same rows three times over, against the decoded size
+of one row group.
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ DISK = "os.write of the output (disk)"
 
 def peak_rss_growth(src: str, out: str) -> float:
     """MB the resident set of a fresh process grows by while it converts ``src``."""
+    # VmHWM, not ru_maxrss: the latter keeps the parent's size at fork across exec.
     code = (
-        "import os, resource, sys\n"
+        "import sys\n"
         "from h5record.convert import convert\n"
         "import pyarrow.parquet\n"
-        "with open('/proc/self/statm') as f:\n"
-        "    base = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "def kb(key):\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(x.split()[1]) for x in f if x.startswith(key + ':'))\n"
+        "base = kb('VmRSS')\n"
         "convert(sys.argv[1], sys.argv[2], overwrite=True, progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
+        "print((kb('VmHWM') - base) * 1024)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, src, out], capture_output=True, text=True, check=True
@@ -122,11 +126,19 @@ def run(folder: str, rows: int, repeat: int, results: dict) -> Table:
         for name, job in jobs.items():
             times[name].append(_timed(job))
     peak = peak_rss_growth(src, out)
+    # Bounded memory: the same rows three times over should not need more.
+    triple = os.path.join(folder, "pairs3.parquet")
+    with pq.ParquetWriter(triple, table.schema, compression="snappy") as w:
+        for _ in range(3):
+            w.write_table(table, row_group_size=ROW_GROUP)
+    peak3 = peak_rss_growth(triple, out)
+    os.unlink(triple)
     rate = {k: rows / statistics.median(v) for k, v in times.items()}
     results["convert"] = dict(
         rate,
         rows=rows,
         peak_rss_mb=peak,
+        peak_rss_3x_mb=peak3,
         row_group_mb=group_mb,
         source=source,
     )
@@ -143,6 +155,7 @@ def run(folder: str, rows: int, repeat: int, results: dict) -> Table:
         "text pairs",
         "parquet convert: peak RSS growth",
         MB=peak,
+        MB_3x_rows=peak3,
         row_group_MB=group_mb,
     )
     return t
