@@ -86,6 +86,15 @@ def batch_rows(
 def pad_ragged(
     flat: np.ndarray, offsets: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
 ) -> tuple[np.ndarray, npt.NDArray[np.int64]]: ...
+def hash_blocks(
+    data: Any,
+    block_bytes: int,
+    out: npt.NDArray[np.uint64],
+    xxh3_64: int,
+    pieces: npt.NDArray[np.uint64] | None = ...,
+    blocks_per_piece: int = ...,
+    from_back: bool = ...,
+) -> None: ...
 def build_blocks(
     flat: npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],

@@ -1919,6 +1919,70 @@ def build_blocks(const uint8_t[::1] flat, const int64_t[::1] offsets, int64_t ro
     return out, segments
 
 
+ctypedef uint64_t (*xxh3_64_fn)(const void* data, size_t size) noexcept nogil
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* Take the first (or last) piece left of a word holding (first << 32) | stop;
+       -1 when none is left. Threads sharing the word each get different pieces. */
+    static int64_t h5r_claim_piece(uint64_t* word, int from_back) {
+        uint64_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE), next;
+        uint32_t first, stop;
+        do {
+            first = (uint32_t)(old >> 32);
+            stop = (uint32_t)old;
+            if (first >= stop)
+                return -1;
+            next = from_back ? (old - 1) : (old + ((uint64_t)1 << 32));
+        } while (!__atomic_compare_exchange_n(word, &old, next, 0, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE));
+        return from_back ? (int64_t)stop - 1 : (int64_t)first;
+    }
+    """
+    int64_t h5r_claim_piece(uint64_t* word, int from_back) noexcept nogil
+
+
+def hash_blocks(const uint8_t[::1] data, Py_ssize_t block_bytes, uint64_t[::1] out,
+                size_t xxh3_64, uint64_t[::1] pieces=None, Py_ssize_t blocks_per_piece=1,
+                bint from_back=False):
+    """XXH3-64 of every ``block_bytes`` block of ``data`` (the last may be short) into ``out``.
+
+    ``xxh3_64`` is the address of a C function with the signature of
+    libxxhash's ``XXH3_64bits``. The loop runs without the GIL, so a thread
+    hashes while another writes. With ``pieces``, a one-entry word holding
+    ``(first << 32) | stop`` of the pieces of ``blocks_per_piece`` blocks left
+    to hash, the call takes pieces from the front (or the back) until none
+    is left; threads that share the word share the work.
+    """
+    cdef Py_ssize_t n = data.shape[0], nb = out.shape[0], b, lo, b0, b1
+    cdef int64_t piece
+    cdef uint64_t* word = NULL
+    cdef xxh3_64_fn fn = <xxh3_64_fn>xxh3_64
+    if block_bytes <= 0 or blocks_per_piece <= 0 or xxh3_64 == 0:
+        raise ValueError("block_bytes and blocks_per_piece must be positive, xxh3_64 an address")
+    if nb != (n + block_bytes - 1) // block_bytes:
+        raise ValueError(f"out must have one entry per block of data: {nb} given")
+    if pieces is not None:
+        if pieces.shape[0] != 1 or (pieces[0] & 0xFFFFFFFF) * blocks_per_piece > nb + blocks_per_piece - 1:
+            raise ValueError("pieces must be one word whose pieces lie within out")
+        word = &pieces[0]
+    with nogil:
+        if word == NULL:
+            for b in range(nb):
+                lo = b * block_bytes
+                out[b] = fn(&data[lo], min(block_bytes, n - lo))
+        else:
+            piece = h5r_claim_piece(word, from_back)
+            while piece >= 0:
+                b0 = piece * blocks_per_piece
+                b1 = min(b0 + blocks_per_piece, nb)
+                for b in range(b0, b1):
+                    lo = b * block_bytes
+                    out[b] = fn(&data[lo], min(block_bytes, n - lo))
+                piece = h5r_claim_piece(word, from_back)
+
+
 def join_text(list values, bint text):
     """Concatenate a column of str (``text``) or bytes values.
 

@@ -36,7 +36,7 @@ from ._fast import (
     null_mask,
 )
 from ._version import __version__
-from .checksums import FieldSums, metadata_hash
+from .checksums import FieldSums, hashing, metadata_hash
 from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, Sequence, String
@@ -128,15 +128,13 @@ class _Column:
             flat = _join([p[0] for p in self.parts], self.field)
             lengths = np.concatenate([p[1] for p in self.parts])
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
-            self.offsets_out.append(starts)
-            if self.sums is not None:
-                self.sums.update(self.offsets, starts)
+            with hashing(self.sums, self.offsets, starts):
+                self.offsets_out.append(starts)
         else:
             flat = _join([p[0] for p in self.parts], self.field)
         if len(flat):
-            self.values_out.append(flat)
-            if self.sums is not None:
-                self.sums.update(self.values, flat)
+            with hashing(self.sums, self.values, flat):
+                self.values_out.append(flat)
             self.end += len(flat)
         self.parts.clear()
         self.pending_bytes = 0
@@ -405,11 +403,10 @@ class _ZstdColumn:
             )
             assert self.values is not None and self.blocks is not None
             ends = self.written + np.cumsum(sizes)
-            _append(self.values, np.frombuffer(frames, np.uint8))
-            _append(self.blocks, ends)
-            if self.sums is not None:
-                self.sums.update(self.values, np.frombuffer(frames, np.uint8))
-                self.sums.update(self.blocks, ends)
+            data = np.frombuffer(frames, np.uint8)
+            with hashing(self.sums, self.values, data), hashing(self.sums, self.blocks, ends):
+                _append(self.values, data)
+                _append(self.blocks, ends)
             self.written += len(frames)
         if whole < n:  # carry the rows of an unfinished block into the next flush
             # As copies: flat may be the caller's write_batch column, which the

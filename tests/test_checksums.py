@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import warnings
 
 import h5py
@@ -26,7 +27,10 @@ from h5record import (
     Integer,
     Sequence,
     String,
+    _fast,
+    checksums,
     codecs,
+    spec,
 )
 from h5record.checksums import StreamHasher, metadata_hash
 from h5record.cli import main as cli
@@ -94,6 +98,76 @@ def test_stream_hasher_matches_blocks_of_the_whole_stream():
     assert hasher.stored == 5 and hasher.entries(b"x").tolist() == [
         xxhash.xxh3_64_intdigest(data[5 * 4096 :] + b"x")
     ]
+
+
+def _blocks(data: bytes, bb: int) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(data[s : s + bb]) for s in range(0, len(data), bb)]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_hash_blocks_equals_xxhash_block_by_block(monkeypatch, compiled):
+    if not compiled:  # where xxhash's C function cannot be reached
+        monkeypatch.setattr(checksums, "_XXH3", 0)
+    data = np.random.default_rng(3).bytes(300_000)
+    for n in (0, 1, 17, 240, 241, 4095, 4096, 4097, 3 * 4096 + 5, 300_000):
+        for bb in (4096, 65536):
+            got = checksums.hash_blocks(data[:n], bb)
+            assert got.dtype == np.uint64 and got.tolist() == _blocks(data[:n], bb), (n, bb)
+
+
+def test_the_compiled_hash_is_in_use():
+    # Linux and macOS wheels of xxhash export its C functions: the writer's
+    # checksums are hashed without the GIL, on a thread beside HDF5's writes.
+    if sys.platform == "win32":
+        pytest.skip("xxhash's extension exports no C functions on Windows")
+    assert checksums._XXH3
+
+
+def test_threads_sharing_the_pieces_hash_each_block_once():
+    data = np.frombuffer(np.random.default_rng(4).bytes(40 * 4096 + 99), np.uint8)
+    out = np.zeros(41, np.uint64)
+    pieces = np.array([-(-41 // 3)], np.uint64)  # 14 pieces of 3 blocks, all left
+    helpers = [
+        threading.Thread(
+            target=_fast.hash_blocks, args=(data, 4096, out, checksums._XXH3, pieces, 3)
+        )
+        for _ in range(3)
+    ]
+    for t in helpers:
+        t.start()
+    _fast.hash_blocks(data, 4096, out, checksums._XXH3, pieces, 3, True)
+    for t in helpers:
+        t.join()
+    assert out.tolist() == _blocks(data.tobytes(), 4096)
+    assert int(pieces[0]) >> 32 >= int(pieces[0]) & 0xFFFFFFFF  # none left
+
+
+def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
+    """Appends hashed in many pieces by a thread and the appender give the blocks of
+    the stream; an append whose write fails leaves the checksums as they were."""
+    monkeypatch.setattr(checksums, "THREAD_BYTES", 4096)
+    monkeypatch.setattr(checksums, "PIECE_BYTES", 4096)
+    rng = np.random.default_rng(5)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        dset = f.create_dataset("values", (0,), maxshape=(None,), chunks=(1 << 16,), dtype="<i4")
+        sums = checksums.FieldSums([dset])
+        for k in range(12):
+            data = rng.integers(0, 1 << 30, int(rng.integers(0, 200_000)), dtype=np.int32)
+            try:
+                with sums.appending(dset, data):
+                    if k % 5 == 4:
+                        raise OSError("disk full")
+                    dset.resize((dset.shape[0] + len(data),))
+                    dset[dset.shape[0] - len(data) :] = data
+            except OSError:
+                assert sums.hashers["values"].length == dset.shape[0] * 4
+            if k % 3 == 2:
+                sums.commit([dset])
+        sums.commit([dset])
+        stream = dset[()].tobytes()
+        table = f["values" + spec.CHECKSUM_SUFFIX]
+        assert int(table.attrs["block_bytes"]) == spec.CHECKSUM_BLOCK_BYTES
+        assert table[()].tolist() == _blocks(stream, spec.CHECKSUM_BLOCK_BYTES)
 
 
 # -- round trips ----------------------------------------------------------------
