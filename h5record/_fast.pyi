@@ -86,14 +86,23 @@ def batch_rows(
 def pad_ragged(
     flat: np.ndarray, offsets: npt.NDArray[np.int64], pad: npt.NDArray[np.uint8], min_len: int = ...
 ) -> tuple[np.ndarray, npt.NDArray[np.int64]]: ...
-def hash_blocks(
+def hash_blocks(data: Any, block_bytes: int, out: npt.NDArray[np.uint64], xxh3_64: int) -> None: ...
+def hash_pieces_helper(
+    data: Any,
+    block_bytes: int,
+    helped: npt.NDArray[np.uint64],
+    state: npt.NDArray[np.uint32],
+    blocks_per_piece: int,
+    xxh3_64: int,
+) -> None: ...
+def hash_pieces(
     data: Any,
     block_bytes: int,
     out: npt.NDArray[np.uint64],
+    helped: npt.NDArray[np.uint64],
+    state: npt.NDArray[np.uint32],
+    blocks_per_piece: int,
     xxh3_64: int,
-    pieces: npt.NDArray[np.uint64] | None = ...,
-    blocks_per_piece: int = ...,
-    from_back: bool = ...,
 ) -> None: ...
 def build_blocks(
     flat: npt.NDArray[np.uint8],

@@ -1924,63 +1924,103 @@ ctypedef uint64_t (*xxh3_64_fn)(const void* data, size_t size) noexcept nogil
 cdef extern from *:
     """
     #include <stdint.h>
-    /* Take the first (or last) piece left of a word holding (first << 32) | stop;
-       -1 when none is left. Threads sharing the word each get different pieces. */
-    static int64_t h5r_claim_piece(uint64_t* word, int from_back) {
-        uint64_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE), next;
-        uint32_t first, stop;
-        do {
-            first = (uint32_t)(old >> 32);
-            stop = (uint32_t)old;
-            if (first >= stop)
-                return -1;
-            next = from_back ? (old - 1) : (old + ((uint64_t)1 << 32));
-        } while (!__atomic_compare_exchange_n(word, &old, next, 0, __ATOMIC_ACQ_REL,
-                                              __ATOMIC_ACQUIRE));
-        return from_back ? (int64_t)stop - 1 : (int64_t)first;
+    static int h5r_swap(uint32_t* state, uint32_t from, uint32_t to) {
+        return __atomic_compare_exchange_n(state, &from, to, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
     }
     """
-    int64_t h5r_claim_piece(uint64_t* word, int from_back) noexcept nogil
+    int h5r_swap(uint32_t* state, uint32_t frm, uint32_t to) noexcept nogil
+
+cdef enum PieceState:  # of a piece of blocks shared by hash_pieces and its helper
+    PIECE_FREE = 0
+    PIECE_HELPER = 1  # being hashed by the helper
+    PIECE_HELPED = 2  # hashed by the helper, into its own output
+    PIECE_OWNER = 3  # hashed by the owner
+
+
+cdef inline void hash_range(xxh3_64_fn fn, const uint8_t* data, Py_ssize_t n,
+                            Py_ssize_t block_bytes, uint64_t* out, Py_ssize_t b0,
+                            Py_ssize_t b1) noexcept nogil:
+    cdef Py_ssize_t b, lo
+    for b in range(b0, b1):
+        lo = b * block_bytes
+        out[b] = fn(data + lo, min(block_bytes, n - lo))
+
+
+cdef int check_hash_args(Py_ssize_t n, Py_ssize_t block_bytes, Py_ssize_t nb,
+                         size_t xxh3_64) except -1:
+    if block_bytes <= 0 or xxh3_64 == 0:
+        raise ValueError("block_bytes must be positive and xxh3_64 a function address")
+    if nb != (n + block_bytes - 1) // block_bytes:
+        raise ValueError(f"out must have one entry per block of data: {nb} given")
+    return 0
 
 
 def hash_blocks(const uint8_t[::1] data, Py_ssize_t block_bytes, uint64_t[::1] out,
-                size_t xxh3_64, uint64_t[::1] pieces=None, Py_ssize_t blocks_per_piece=1,
-                bint from_back=False):
+                size_t xxh3_64):
     """XXH3-64 of every ``block_bytes`` block of ``data`` (the last may be short) into ``out``.
 
     ``xxh3_64`` is the address of a C function with the signature of
-    libxxhash's ``XXH3_64bits``. The loop runs without the GIL, so a thread
-    hashes while another writes. With ``pieces``, a one-entry word holding
-    ``(first << 32) | stop`` of the pieces of ``blocks_per_piece`` blocks left
-    to hash, the call takes pieces from the front (or the back) until none
-    is left; threads that share the word share the work.
+    libxxhash's ``XXH3_64bits``. The loop runs without the GIL.
     """
-    cdef Py_ssize_t n = data.shape[0], nb = out.shape[0], b, lo, b0, b1
-    cdef int64_t piece
-    cdef uint64_t* word = NULL
+    cdef Py_ssize_t n = data.shape[0], nb = out.shape[0]
+    check_hash_args(n, block_bytes, nb, xxh3_64)
+    if nb:
+        with nogil:
+            hash_range(<xxh3_64_fn>xxh3_64, &data[0], n, block_bytes, &out[0], 0, nb)
+
+
+cdef int check_pieces(Py_ssize_t nb, const uint32_t[::1] state, Py_ssize_t per) except -1:
+    if per <= 0 or state.shape[0] != (nb + per - 1) // per:
+        raise ValueError("state must have one entry per piece of blocks_per_piece blocks")
+    return 0
+
+
+def hash_pieces_helper(const uint8_t[::1] data, Py_ssize_t block_bytes, uint64_t[::1] helped,
+                       uint32_t[::1] state, Py_ssize_t blocks_per_piece, size_t xxh3_64):
+    """The helper's part of :func:`hash_pieces`: pieces from the front into ``helped``
+    until one is the owner's."""
+    cdef Py_ssize_t n = data.shape[0], nb = helped.shape[0], p, per = blocks_per_piece
     cdef xxh3_64_fn fn = <xxh3_64_fn>xxh3_64
-    if block_bytes <= 0 or blocks_per_piece <= 0 or xxh3_64 == 0:
-        raise ValueError("block_bytes and blocks_per_piece must be positive, xxh3_64 an address")
-    if nb != (n + block_bytes - 1) // block_bytes:
-        raise ValueError(f"out must have one entry per block of data: {nb} given")
-    if pieces is not None:
-        if pieces.shape[0] != 1 or (pieces[0] & 0xFFFFFFFF) * blocks_per_piece > nb + blocks_per_piece - 1:
-            raise ValueError("pieces must be one word whose pieces lie within out")
-        word = &pieces[0]
+    check_hash_args(n, block_bytes, nb, xxh3_64)
+    check_pieces(nb, state, per)
     with nogil:
-        if word == NULL:
-            for b in range(nb):
-                lo = b * block_bytes
-                out[b] = fn(&data[lo], min(block_bytes, n - lo))
-        else:
-            piece = h5r_claim_piece(word, from_back)
-            while piece >= 0:
-                b0 = piece * blocks_per_piece
-                b1 = min(b0 + blocks_per_piece, nb)
-                for b in range(b0, b1):
-                    lo = b * block_bytes
-                    out[b] = fn(&data[lo], min(block_bytes, n - lo))
-                piece = h5r_claim_piece(word, from_back)
+        for p in range(state.shape[0]):
+            if not h5r_swap(&state[p], PIECE_FREE, PIECE_HELPER):
+                break
+            hash_range(fn, &data[0], n, block_bytes, &helped[0], p * per, min((p + 1) * per, nb))
+            if not h5r_swap(&state[p], PIECE_HELPER, PIECE_HELPED):
+                break
+
+
+def hash_pieces(const uint8_t[::1] data, Py_ssize_t block_bytes, uint64_t[::1] out,
+                const uint64_t[::1] helped, uint32_t[::1] state, Py_ssize_t blocks_per_piece,
+                size_t xxh3_64):
+    """:func:`hash_blocks` shared with a helper thread, without waiting for it.
+
+    The blocks go in pieces of ``blocks_per_piece``; ``state`` (one entry a
+    piece, zeros at first) is shared with a call of :func:`hash_pieces_helper`
+    on another thread, which hashes pieces from the front into ``helped``.
+    This call goes over every piece from the back: it copies those the
+    helper has finished from ``helped`` and hashes every other into ``out``,
+    one the helper is still on included (the helper then drops it), so
+    that it never waits for the helper; on return ``out`` holds every hash.
+    """
+    cdef Py_ssize_t n = data.shape[0], nb = out.shape[0], p, b0, b1, per = blocks_per_piece
+    cdef xxh3_64_fn fn = <xxh3_64_fn>xxh3_64
+    check_hash_args(n, block_bytes, nb, xxh3_64)
+    check_pieces(nb, state, per)
+    if helped.shape[0] != nb:
+        raise ValueError("helped must have one entry per block, as out")
+    with nogil:
+        for p in range(state.shape[0] - 1, -1, -1):
+            b0, b1 = p * per, min((p + 1) * per, nb)
+            if h5r_swap(&state[p], PIECE_FREE, PIECE_OWNER) or h5r_swap(
+                &state[p], PIECE_HELPER, PIECE_OWNER
+            ):
+                hash_range(fn, &data[0], n, block_bytes, &out[0], b0, b1)
+            else:  # the helper finished it: its hashes are visible since the swap failed
+                memcpy(&out[b0], &helped[b0], (b1 - b0) * sizeof(uint64_t))
 
 
 def join_text(list values, bint text):

@@ -4,10 +4,11 @@ Writing, :class:`FieldSums` hashes the bytes each dataset of a field receives,
 in order, from the writer's own buffers (hashing memory is ~20x faster than
 reading the data back from HDF5), and writes at each commit only the
 entries that changed: those of the blocks filled since the last commit and
-of the partly filled last block. A large append is hashed by a compiled
-loop without the GIL, on a thread beside HDF5's write of the same bytes:
-xxh3 runs at ~10 GB/s from memory, a tenth of the time HDF5 takes to write
-16 KB rows, which a second core hides.
+of the partly filled last block. Blocks are hashed by a compiled loop
+without the GIL; a large append is hashed on a helper thread beside HDF5's
+write of the same bytes when a CPU is idle: xxh3 runs at ~10 GB/s from
+memory, a tenth of the time HDF5 takes to write 12-16 KB rows, which only
+an idle core hides.
 
 Reading, :class:`Verifier` checks the blocks under the bytes that rows are
 decoded from, each block once, through the same chunk addresses and the
@@ -21,7 +22,6 @@ import bisect
 import ctypes
 import json
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -40,9 +40,10 @@ _hash = xxhash.xxh3_64_intdigest
 PAGE_ENTRIES = 1 << 16
 # Bytes read at a time by a whole-file check.
 SCAN_BYTES = 16 << 20
-# Appends from this size on are hashed on a thread while HDF5 writes them:
-# starting one costs about as long as hashing 128 KiB.
-THREAD_BYTES = 512 << 10
+# Appends from this size on get a helper thread that hashes while HDF5 writes.
+# Starting one costs about as long as hashing 128 KiB on an idle machine,
+# and several times that on a busy one.
+THREAD_BYTES = 4 << 20
 # Bytes a thread hashes between two looks at the work left.
 PIECE_BYTES = 1 << 20
 
@@ -118,6 +119,22 @@ def _xxh3_address() -> int:
 _XXH3 = _xxh3_address()
 
 
+def _spare_cpu() -> bool:
+    """Whether a helper thread is likely to find an idle CPU (the load average of the
+    last minute, this process included, leaves one).
+
+    Where every CPU is busy, a helper only takes CPU time from the writer and
+    other processes: measured on 2 busy CPUs, 123 MB of 12 KB images took 17%
+    longer to write with checksums hashed by a helper, 14% longer hashed by
+    the writer itself.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return os.getloadavg()[0] <= cpus - 1
+
+
 def hash_blocks(data: Any, block_bytes: int, out: np.ndarray | None = None) -> np.ndarray:
     """XXH3-64 of every ``block_bytes`` block of a C-contiguous buffer (the last may be short),
     into ``out`` if given (one uint64 a block)."""
@@ -134,11 +151,10 @@ def hash_blocks(data: Any, block_bytes: int, out: np.ndarray | None = None) -> n
 class _Append:
     """Bytes appended to a stream, and the hashes of their whole blocks.
 
-    The blocks are hashed a piece at a time by :meth:`run`, which a helper
-    thread and the appending thread may call together, without the GIL: the
-    thread takes pieces from the front, the appender, once its write is
-    done, from the back, so a thread that gets no CPU never makes the
-    append wait.
+    A large append gets a helper thread (:meth:`help`) that hashes its
+    blocks without the GIL while HDF5 writes them. :meth:`hashes` then
+    takes the pieces the helper has not finished, the one it is on
+    included: the appender never waits for a helper that gets no CPU.
     """
 
     def __init__(self, view: memoryview, head: int, stop: int, block_bytes: int) -> None:
@@ -146,44 +162,39 @@ class _Append:
         self.head = head  # bytes that go into the stream's partly filled block
         self.stop = stop  # view[head:stop] are whole blocks
         self.block_bytes = block_bytes
-        self.hashes = np.empty((stop - head) // block_bytes, np.uint64)
         self.per_piece = max(1, PIECE_BYTES // block_bytes)
-        # The pieces left: (first << 32) | stop.
-        self.pieces = np.array([-(-len(self.hashes) // self.per_piece)], np.uint64)
-        self.error: BaseException | None = None
-        self.done = threading.Lock()  # held while a helper thread runs
+        self.helped: np.ndarray | None = None  # the helper's hashes
+        self.state: np.ndarray | None = None  # of each piece, shared with the helper
+        self._hashes: np.ndarray | None = None
 
-    def run(self, from_back: bool = False) -> None:
-        """Hash pieces until none is left."""
-        body = self.view[self.head : self.stop]
-        if _XXH3:
-            bb, per = self.block_bytes, self.per_piece
-            _fast.hash_blocks(body, bb, self.hashes, _XXH3, self.pieces, per, from_back)
-        elif self.pieces[0]:  # no helper threads without the compiled loop
-            hash_blocks(body, self.block_bytes, self.hashes)
-            self.pieces[0] = 0
+    @property
+    def body(self) -> memoryview:
+        return self.view[self.head : self.stop]
 
-    def start_thread(self) -> None:
-        """Hash on a new thread; :meth:`join` waits for it."""
-        self.done.acquire()
+    def help(self) -> None:
+        """Start a helper thread. It holds the data until it stops, at most a
+        piece after :meth:`hashes`."""
+        blocks = (self.stop - self.head) // self.block_bytes
+        self.helped = np.empty(blocks, np.uint64)
+        self.state = np.zeros(-(-blocks // self.per_piece), np.uint32)
         # Not threading.Thread: its start() waits until the thread runs, which
-        # on a busy machine can take longer than the hashing it saves.
+        # on a busy machine takes longer than the hashing it saves.
         _thread.start_new_thread(self._helper, ())
 
     def _helper(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:  # raised by the appender, in join()
-            self.error = exc
-        finally:
-            self.done.release()
+        args = (self.body, self.block_bytes, self.helped, self.state, self.per_piece, _XXH3)
+        _fast.hash_pieces_helper(*args)
 
-    def join(self) -> None:
-        self.run(from_back=True)
-        with self.done:
-            pass
-        if self.error is not None:
-            raise self.error
+    def hashes(self) -> np.ndarray:
+        if self._hashes is None:
+            out = np.empty((self.stop - self.head) // self.block_bytes, np.uint64)
+            if self.state is None:
+                hash_blocks(self.body, self.block_bytes, out)
+            else:
+                body, bb, per = self.body, self.block_bytes, self.per_piece
+                _fast.hash_pieces(body, bb, out, self.helped, self.state, per, _XXH3)
+            self._hashes = out
+        return self._hashes
 
 
 class StreamHasher:
@@ -221,7 +232,7 @@ class StreamHasher:
 
     def add(self, append: _Append) -> None:
         """Take in an append (its blocks not hashed yet are hashed here)."""
-        append.run()
+        hashes = append.hashes()
         view = append.view
         if append.head:
             self.partial += view[: append.head]
@@ -229,8 +240,8 @@ class StreamHasher:
                 self.pending.append(np.array([_hash(self.partial)], np.uint64))
                 self.partial.clear()
                 self.full += 1
-        self.pending.append(append.hashes)
-        self.full += len(append.hashes)
+        self.pending.append(hashes)
+        self.full += len(hashes)
         self.partial += view[append.stop :]
 
     def entries(self, extra: bytes = b"") -> np.ndarray:
@@ -336,9 +347,8 @@ class FieldSums:
     def appending(self, dset: h5py.Dataset, data: np.ndarray) -> Iterator[None]:
         """Hash ``data`` while the ``with`` block appends it at the end of ``dset``.
 
-        A large append is hashed on a thread, which runs without the GIL
-        while HDF5 writes; the checksums take it in only if the block
-        succeeds.
+        A large append is hashed by a helper thread, without the GIL, while
+        HDF5 writes it; the checksums take it in only if the block succeeds.
         """
         dtype, row_bytes = self._dtype_and_row_bytes(dset)
         data = np.ascontiguousarray(data, dtype)
@@ -352,14 +362,9 @@ class FieldSums:
                 "cover; please report this as a bug"
             )
         append = hasher.start(data)
-        threaded = _XXH3 and append.stop - append.head >= THREAD_BYTES
-        if threaded:
-            append.start_thread()
-        try:
-            yield
-        finally:
-            if threaded:
-                append.join()
+        if _XXH3 and append.stop - append.head >= THREAD_BYTES and _spare_cpu():
+            append.help()
+        yield
         hasher.add(append)
 
     def commit(self, datasets: list[h5py.Dataset]) -> None:

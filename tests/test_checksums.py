@@ -123,23 +123,50 @@ def test_the_compiled_hash_is_in_use():
     assert checksums._XXH3
 
 
-def test_threads_sharing_the_pieces_hash_each_block_once():
+@pytest.mark.parametrize("helper_first", [0, 5, 14])
+def test_a_helper_and_the_owner_share_the_pieces(helper_first):
+    """Whatever the helper has done when the owner comes (nothing, part, all),
+    the owner's hashes are every block's."""
     data = np.frombuffer(np.random.default_rng(4).bytes(40 * 4096 + 99), np.uint8)
+    xxh3 = checksums._XXH3
+    state = np.zeros(14, np.uint32)  # 14 pieces of 3 blocks for 41 blocks
+    helped = np.zeros(41, np.uint64)
+    # The helper's first pieces, as if it had run ahead (stopping at a piece
+    # taken by the owner, which is what a helper cut short meets).
+    state[helper_first:] = 3
+    _fast.hash_pieces_helper(data, 4096, helped, state, 3, xxh3)
+    assert (state[:helper_first] == 2).all()
+    state[helper_first:] = 0
+    if helper_first < 14:
+        state[helper_first] = 1  # and the helper is on the next one, never to finish it
     out = np.zeros(41, np.uint64)
-    pieces = np.array([-(-41 // 3)], np.uint64)  # 14 pieces of 3 blocks, all left
-    helpers = [
-        threading.Thread(
-            target=_fast.hash_blocks, args=(data, 4096, out, checksums._XXH3, pieces, 3)
-        )
-        for _ in range(3)
-    ]
-    for t in helpers:
-        t.start()
-    _fast.hash_blocks(data, 4096, out, checksums._XXH3, pieces, 3, True)
-    for t in helpers:
-        t.join()
+    _fast.hash_pieces(data, 4096, out, helped, state, 3, xxh3)
     assert out.tolist() == _blocks(data.tobytes(), 4096)
-    assert int(pieces[0]) >> 32 >= int(pieces[0]) & 0xFFFFFFFF  # none left
+    assert (state[helper_first:] == 3).all()
+    # Both at once, from two threads.
+    state, helped, out = np.zeros(14, np.uint32), np.zeros(41, np.uint64), np.zeros(41, np.uint64)
+    helper = threading.Thread(
+        target=_fast.hash_pieces_helper, args=(data, 4096, helped, state, 3, xxh3)
+    )
+    helper.start()
+    _fast.hash_pieces(data, 4096, out, helped, state, 3, xxh3)
+    helper.join()
+    assert out.tolist() == _blocks(data.tobytes(), 4096)
+
+
+def test_a_helper_thread_only_when_a_cpu_is_idle(monkeypatch):
+    monkeypatch.setattr(checksums.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for load, spare in ((0.9, True), (1.0, True), (1.6, False), (7.0, False)):
+        monkeypatch.setattr(checksums.os, "getloadavg", lambda load=load: (load, load, load))
+        assert checksums._spare_cpu() is spare, load
+
+
+def _counting(method, calls: list):
+    def counted(self, *args):
+        calls.append(self)
+        return method(self, *args)
+
+    return counted
 
 
 def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
@@ -147,6 +174,9 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
     the stream; an append whose write fails leaves the checksums as they were."""
     monkeypatch.setattr(checksums, "THREAD_BYTES", 4096)
     monkeypatch.setattr(checksums, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(checksums, "_spare_cpu", lambda: True)
+    helpers = []
+    monkeypatch.setattr(checksums._Append, "help", _counting(checksums._Append.help, helpers))
     rng = np.random.default_rng(5)
     with h5py.File(tmp_path / "x.h5", "w") as f:
         dset = f.create_dataset("values", (0,), maxshape=(None,), chunks=(1 << 16,), dtype="<i4")
@@ -164,6 +194,7 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
             if k % 3 == 2:
                 sums.commit([dset])
         sums.commit([dset])
+        assert len(helpers) >= 5
         stream = dset[()].tobytes()
         table = f["values" + spec.CHECKSUM_SUFFIX]
         assert int(table.attrs["block_bytes"]) == spec.CHECKSUM_BLOCK_BYTES
