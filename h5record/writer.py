@@ -525,9 +525,8 @@ class _Validity:
         whole = len(bits) // 8 * 8
         if whole:
             data = np.packbits(bits[:whole], bitorder="little")
-            self.out.append(data)
-            if self.sums is not None:
-                self.sums.update(self.dset, data)
+            with hashing(self.sums, self.dset, data):
+                self.out.append(data)
         self.tail = bits[whole:]
         if len(self.tail):
             # Not hashed as it arrives: a commit hashes the bytes past the hashed
