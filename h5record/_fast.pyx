@@ -1077,7 +1077,7 @@ cdef class ShardRows:
     cdef int64_t* starts
     cdef Py_ssize_t n_parts
     cdef bytes last            # the last batch's rows
-    cdef object located        # their shards and rows there: a (2, n) array, read-only
+    cdef object located        # their shards, then rows there: 2n int64, read-only
 
     def __init__(self, const int64_t[::1] starts):
         cdef Py_ssize_t s
@@ -1094,13 +1094,13 @@ cdef class ShardRows:
         free(self.starts)
 
     cdef object locate(self, const int64_t[::1] idx):
-        """Each checked row's shard, then its row there, as a (2, n) int64 array."""
+        """Each checked row's shard, then each one's row there, as 2n int64."""
         cdef Py_ssize_t n = idx.shape[0]
         cdef Py_ssize_t size = n * sizeof(int64_t)
         if (self.last is not None and PyBytes_GET_SIZE(self.last) == size
                 and memcmp(PyBytes_AS_STRING(self.last), &idx[0], size) == 0):
             return self.located
-        rows = np.empty((2, n), np.int64)
+        rows = new_array(1, 2 * n, 0, (), cnp.NPY_INT64)
         cdef int64_t* part = <int64_t*>cnp.PyArray_DATA(rows)
         locate_rows(&idx[0], n, self.starts, self.n_parts, part, part + n)
         self.last = PyBytes_FromStringAndSize(<const char*>&idx[0], size)
