@@ -3,9 +3,9 @@
 For each workload (text pairs, token sequences, images) the same rows are
 written twice: as one file, and as 4 shards of equal size (a folder with
 ``manifest.json``, opened with ``H5Dataset(folder)``). Both are then read
-warm, with repeats interleaved (one file and the shards in turn, who goes
-first alternating) so that both see the same moments of a busy machine;
-every repeat reads random rows of its own, the same for both:
+warm by a new process, with repeats interleaved (one file and the shards in
+turn, who goes first alternating) so that both see the same moments of a
+busy machine; every repeat reads random rows of its own, the same for both:
 
 - ``ds[i]``: random single rows in a Python loop;
 - batch of 256: ``ds[idx]`` with a random int64 array of 256 rows, every
@@ -28,11 +28,14 @@ start-up a large job pays once) and beside a CPU-bound loop run by 1 and by
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
+import json
 import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -215,6 +218,19 @@ def read_rates(one: Any, sharded: Any, plan: Plan) -> dict[str, dict[str, float]
     return out
 
 
+def read_in_subprocess(one: str, sharded: str, quick: bool) -> dict[str, dict[str, float]]:
+    """:func:`read_rates` in a new process, as a training job reads files written
+    earlier: not in this one, which holds the workloads (whose objects every
+    full garbage collection visits) and what the other sections left."""
+    args = [sys.executable, "-m", "benchmarks.shards", "--read", one, sharded]
+    out = subprocess.run(
+        [*args, *(["--quick"] if quick else [])], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the reading subprocess failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # --- parallel writes ------------------------------------------------------------
 
 
@@ -314,10 +330,7 @@ def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results
         workload = loaded[name]
         print(f"  shards: {name} ...", file=sys.stderr, flush=True)
         one_path, sharded_path = write_both(workload, folder)
-        one, sharded = H5Dataset(one_path), H5Dataset(sharded_path)
-        got = read_rates(one, sharded, plan)
-        one.close()
-        sharded.close()
+        got = read_in_subprocess(one_path, sharded_path, quick)
         table.add(name, ONE, **{k: v["base"] for k, v in got.items()})
         table.add(name, SHARDED, **{k: v["other"] for k, v in got.items()})
         table.add(name, f"{SHARDED} / {ONE}", **{k: f"{v['x']:.2f}x" for k, v in got.items()})
@@ -362,3 +375,18 @@ def run(loaded: dict[str, workloads.Workload], folder: str, quick: bool, results
     table.add("CPU-bound loop", "2 processes / 1", rows_s=f"{got['x_cpu_loop']:.2f}x")
     table.print()
     results[("shards write",)] = got
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__)
+    parser.add_argument("--read", nargs=2, metavar=("ONE_FILE", "SHARDS"), required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    with H5Dataset(args.read[0]) as one, H5Dataset(args.read[1]) as sharded:
+        got = read_rates(one, sharded, QUICK if args.quick else FULL)
+    print(json.dumps(got))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
