@@ -470,6 +470,7 @@ cdef class FieldReader:
     """
 
     cdef readonly str name
+    cdef str where             # "<path>: field '<name>'", for errors
     cdef readonly int kind
     cdef readonly tuple element_shape
     cdef object dtype
@@ -486,6 +487,9 @@ cdef class FieldReader:
     def __init__(self, int64_t n_rows, dict spec):
         self.n_rows = n_rows
         self.name = spec["name"]
+        # Errors name the file too, when the caller says which (docs/FORMAT.md, section 11).
+        path = spec.get("path")
+        self.where = f"{path}: field {self.name!r}" if path else f"field {self.name!r}"
         self.kind = spec["kind"]
         self.dtype = np.dtype(spec["dtype"])
         self.code = scalar_code(self.dtype)
@@ -529,7 +533,7 @@ cdef class FieldReader:
 
     cdef object damaged_validity(self, int64_t row):
         return FormatError(
-            f"field {self.name!r}, row {row}: the validity bitmap is out of bounds; "
+            f"{self.where}, row {row}: the validity bitmap is out of bounds; "
             "the file is damaged or truncated"
         )
 
@@ -568,7 +572,7 @@ cdef class FieldReader:
 
     cdef object damaged(self, int64_t row):
         return FormatError(
-            f"field {self.name!r}, row {row}: stored offsets or chunk addresses are "
+            f"{self.where}, row {row}: stored offsets or chunk addresses are "
             "out of bounds; the file is damaged or truncated"
         )
 
@@ -577,7 +581,7 @@ cdef class FieldReader:
             return PyUnicode_DecodeUTF8(<const char*>ptr, size, "strict")
         except UnicodeDecodeError as exc:
             raise FormatError(
-                f"field {self.name!r}, row {row}: stored text is not valid UTF-8; "
+                f"{self.where}, row {row}: stored text is not valid UTF-8; "
                 "the file is damaged"
             ) from exc
 
@@ -810,10 +814,10 @@ cdef class ZstdField(FieldReader):
         if zstd.get("dictionary") is not None:
             dictionary = zstd["dictionary"]
             if dictionary.shape[0] == 0:
-                raise FormatError(f"field {self.name!r}: the stored zstd dictionary is empty")
+                raise FormatError(f"{self.where}: the stored zstd dictionary is empty")
             self.ddict = ZSTD_createDDict(&dictionary[0], dictionary.shape[0])
             if self.ddict == NULL:
-                raise FormatError(f"field {self.name!r}: the stored zstd dictionary is invalid")
+                raise FormatError(f"{self.where}: the stored zstd dictionary is invalid")
 
     def __dealloc__(self):
         free(self.cache)
@@ -1139,6 +1143,7 @@ cdef class ShardedField(FieldReader):
                                                               first.element_shape):
                 raise ValueError(f"field {first.name!r} is stored differently in two shards")
         self.name, self.kind, self.dtype = first.name, first.kind, first.dtype
+        self.where = f"field {self.name!r}"  # a damaged row is named by its shard's reader
         self.code, self.typenum, self.eb = first.code, first.typenum, first.eb
         self.element_shape, self.variable = first.element_shape, first.variable
         self.nullable = any(part.nullable for part in parts)

@@ -395,6 +395,7 @@ def decoder_fields(layout: FileLayout, buffer: Any) -> list[dict[str, Any]]:
             continue
         entry = {
             "name": fl.field.name,
+            "path": layout.path,
             "kind": fl.kind,
             "dtype": fl.field.dtype,
             "element_shape": fl.field.element_shape,
@@ -499,6 +500,7 @@ def memory_fields(layout: FileLayout, arrays: dict[str, dict[str, np.ndarray]]) 
         frames = spec.BLOCKS in data  # zstd frames kept compressed: bytes
         entry = {
             "name": fld.name,
+            "path": layout.path,
             "kind": fl.kind,
             "dtype": fld.dtype,
             "element_shape": fld.element_shape,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -275,3 +276,19 @@ def test_zstd_blocks_of_empty_rows(tmp_path):
     assert out.tobytes() == bytes(16) and segments.tolist() == [[0, 8], [8, 8]]
     path = _write(tmp_path / "e.h5", [String("t", compression="zstd")], [{"t": ""}] * 50)
     assert [row["t"] for row in H5Dataset(path)[list(range(50))]] == [""] * 50
+
+
+def test_kernel_errors_name_the_file(tmp_path):
+    path = tmp_path / "named.h5"
+    with H5Writer(path, [String("t")], progress=False, checksums=False) as w:
+        for i in range(100):
+            w.write({"t": f"row {i}"})
+    with h5py.File(path, "r+") as f:
+        offsets = f["fields/t/offsets"]
+        bad = offsets[()]
+        bad[50] = 10**12
+        offsets[...] = bad
+    for in_memory in (False, True):
+        ds = H5Dataset(path, in_memory=in_memory)
+        with pytest.raises(FormatError, match=rf"{re.escape(str(path))}: field 't', row 50:"):
+            ds[50]
