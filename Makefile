@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -e ".[torch,images,test,dev,bench,charts]"
 
 # The main job: write sample datasets, read them back through a DataLoader,
-# and print the benchmark table (about five minutes on 2 cores).
+# and print the benchmark tables (about 20 minutes on 2 cores, install excluded).
 demo: install
 	$(PYTHON) -m benchmarks.run --quick
 

@@ -762,7 +762,7 @@ def save_chart(png: str, loaded: dict[str, workloads.Workload], results: dict, q
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, about five minutes on 2 cores"
+        "--quick", action="store_true", help="small sizes, about 20 minutes on 2 cores"
     )
     parser.add_argument("--only", default="text,images,tokens", help="workloads to run")
     parser.add_argument("--sections", default="core,compression,memory,cold,write,convert,shards")
