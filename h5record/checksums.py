@@ -309,6 +309,21 @@ def _nbytes(dset: h5py.Dataset) -> int:
     return dset.shape[0] * _row_bytes(dset)
 
 
+class _WrittenStream:
+    """One dataset's checksums while it is written, and what never changes about
+    the dataset: each h5py call costs ~5-50 us, several times per append."""
+
+    __slots__ = ("dset", "dtype", "hasher", "name", "row_bytes", "table")
+
+    def __init__(self, dset: h5py.Dataset, name: str, hasher: StreamHasher) -> None:
+        self.dset = dset
+        self.name = name
+        self.dtype = dset.dtype
+        self.row_bytes = _row_bytes(dset)
+        self.hasher = hasher
+        self.table: h5py.Dataset | None = None
+
+
 class FieldSums:
     """The checksums of one field's datasets while it is written.
 
@@ -317,43 +332,43 @@ class FieldSums:
     """
 
     def __init__(self, datasets: list[h5py.Dataset]) -> None:
-        self.hashers: dict[str, StreamHasher] = {}
-        # h5py's dtype and shape cost ~30 us a call: what never changes is kept.
-        self._kept: dict[str, tuple[np.dtype, int]] = {}
-        self._tables: dict[str, h5py.Dataset] = {}
+        self.streams: dict[str, _WrittenStream] = {}
+        self._by_id: dict[int, _WrittenStream] = {}
         for dset in datasets:
-            table = dset.parent.get(_name(dset) + spec.CHECKSUM_SUFFIX)
-            self.hashers[_name(dset)] = StreamHasher.resume(dset, _nbytes(dset), table)
+            name = _name(dset)
+            table = dset.parent.get(name + spec.CHECKSUM_SUFFIX)
+            hasher = StreamHasher.resume(dset, _nbytes(dset), table)
+            self.streams[name] = _WrittenStream(dset, name, hasher)
 
-    def _hasher(self, dset: h5py.Dataset) -> StreamHasher:
+    def _stream(self, dset: h5py.Dataset) -> _WrittenStream:
+        stream = self._by_id.get(id(dset))
+        if stream is not None and stream.dset is dset:
+            return stream
         name = _name(dset)
-        hasher = self.hashers.get(name)
-        if hasher is None:
+        stream = self.streams.get(name)
+        if stream is None:
             # Created since the writer opened the file (a zstd field's datasets,
             # once it has chosen its blocks): holding the first entry, 0, of an
             # index (offsets, blocks), or nothing.
             first = 8 if name in (spec.OFFSETS, spec.BLOCKS) else 0
-            hasher = self.hashers[name] = StreamHasher.resume(dset, first, None)
-        return hasher
-
-    def _dtype_and_row_bytes(self, dset: h5py.Dataset) -> tuple[np.dtype, int]:
-        name = _name(dset)
-        kept = self._kept.get(name)
-        if kept is None:
-            kept = self._kept[name] = (dset.dtype, _row_bytes(dset))
-        return kept
+            stream = _WrittenStream(dset, name, StreamHasher.resume(dset, first, None))
+            self.streams[name] = stream
+        stream.dset = dset
+        self._by_id[id(dset)] = stream
+        return stream
 
     @contextmanager
-    def appending(self, dset: h5py.Dataset, data: np.ndarray) -> Iterator[None]:
-        """Hash ``data`` while the ``with`` block appends it at the end of ``dset``.
+    def appending(self, dset: h5py.Dataset, data: np.ndarray, start: int) -> Iterator[None]:
+        """Hash ``data`` while the ``with`` block appends it to ``dset``, which holds
+        ``start`` elements before.
 
         A large append is hashed by a helper thread, without the GIL, while
         HDF5 writes it; the checksums take it in only if the block succeeds.
         """
-        dtype, row_bytes = self._dtype_and_row_bytes(dset)
-        data = np.ascontiguousarray(data, dtype)
-        hasher = self._hasher(dset)
-        before = dset.shape[0] * row_bytes
+        stream = self._stream(dset)
+        data = np.ascontiguousarray(data, stream.dtype)
+        hasher = stream.hasher
+        before = start * stream.row_bytes
         if hasher.length < before:  # written without a hash (a zstd tail): read it back
             hasher.update(_dataset_bytes(dset, hasher.length, before))
         elif hasher.length > before:
@@ -375,17 +390,17 @@ class FieldSums:
         hashed into this commit's entries only.
         """
         for dset in datasets:
-            hasher = self._hasher(dset)
-            end = dset.shape[0] * self._dtype_and_row_bytes(dset)[1]
+            stream = self._stream(dset)
+            hasher = stream.hasher
+            end = dset.shape[0] * stream.row_bytes
             if end < hasher.length:
                 raise H5RecordError(
                     f"{dset.file.filename}: {dset.name} holds {end} bytes, its checksums "
                     f"cover {hasher.length}; please report this as a bug"
                 )
             entries = hasher.entries(_dataset_bytes(dset, hasher.length, end))
-            name = _name(dset) + spec.CHECKSUM_SUFFIX
-            table = self._tables.get(name)
-            if table is None:
+            if stream.table is None:
+                name = stream.name + spec.CHECKSUM_SUFFIX
                 table = dset.parent.get(name)
                 if table is None:
                     table = dset.parent.create_dataset(
@@ -393,8 +408,8 @@ class FieldSums:
                     )
                 if _block_bytes(table) != hasher.block_bytes:
                     table.attrs[spec.ATTR_BLOCK_BYTES] = np.int64(hasher.block_bytes)
-                self._tables[name] = table
-            _write_tail(table, hasher.stored, entries)
+                stream.table = table
+            _write_tail(stream.table, hasher.stored, entries)
             hasher.written()
 
 
@@ -409,10 +424,10 @@ def _write_tail(table: h5py.Dataset, start: int, entries: np.ndarray) -> None:
 
 
 def hashing(
-    sums: FieldSums | None, dset: h5py.Dataset, data: np.ndarray
+    sums: FieldSums | None, dset: h5py.Dataset, data: np.ndarray, start: int
 ) -> AbstractContextManager[None]:
     """:meth:`FieldSums.appending`, or nothing for a writer without checksums."""
-    return nullcontext() if sums is None else sums.appending(dset, data)
+    return nullcontext() if sums is None else sums.appending(dset, data, start)
 
 
 # -- reading --------------------------------------------------------------------

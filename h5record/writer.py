@@ -128,13 +128,11 @@ class _Column:
             flat = _join([p[0] for p in self.parts], self.field)
             lengths = np.concatenate([p[1] for p in self.parts])
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
-            with hashing(self.sums, self.offsets, starts):
-                self.offsets_out.append(starts)
+            self.offsets_out.append(starts, self.sums)
         else:
             flat = _join([p[0] for p in self.parts], self.field)
         if len(flat):
-            with hashing(self.sums, self.values, flat):
-                self.values_out.append(flat)
+            self.values_out.append(flat, self.sums)
             self.end += len(flat)
         self.parts.clear()
         self.pending_bytes = 0
@@ -214,28 +212,31 @@ class _ChunkAppender:
         self.dset = dset
         self.chunk = dset.chunks[0]
         self.direct = dset.id.get_create_plist().get_nfilters() == 0
-        self.zeros = (0,) * (dset.ndim - 1)
+        self.row_shape = dset.shape[1:]
+        self.zeros = (0,) * len(self.row_shape)
 
-    def append(self, data: np.ndarray) -> None:
+    def append(self, data: np.ndarray, sums: FieldSums | None = None) -> None:
+        """Append ``data``, hashed into ``sums`` (None: no checksums)."""
         dset = self.dset
         start, n = dset.shape[0], len(data)
         if not n:
             return
-        dset.resize((start + n, *dset.shape[1:]))
-        if not self.direct or n < self.chunk:
-            dset[start:] = data
-            return
-        # Raw bytes go to the file as they are: in the dataset's own dtype.
-        data = np.ascontiguousarray(data, dtype=dset.dtype)
-        head = -start % self.chunk  # up to the end of a started chunk
-        whole = head + (n - head) // self.chunk * self.chunk
-        if head:
-            dset[start : start + head] = data[:head]
-        write = dset.id.write_direct_chunk
-        for at in range(head, whole, self.chunk):
-            write((start + at, *self.zeros), data[at : at + self.chunk])
-        if whole < n:
-            dset[start + whole :] = data[whole:]
+        with hashing(sums, dset, data, start):
+            dset.resize((start + n, *self.row_shape))
+            if not self.direct or n < self.chunk:
+                dset[start:] = data
+                return
+            # Raw bytes go to the file as they are: in the dataset's own dtype.
+            data = np.ascontiguousarray(data, dtype=dset.dtype)
+            head = -start % self.chunk  # up to the end of a started chunk
+            whole = head + (n - head) // self.chunk * self.chunk
+            if head:
+                dset[start : start + head] = data[:head]
+            write = dset.id.write_direct_chunk
+            for at in range(head, whole, self.chunk):
+                write((start + at, *self.zeros), data[at : at + self.chunk])
+            if whole < n:
+                dset[start + whole :] = data[whole:]
 
 
 def _resizable_dataset(group: h5py.Group, name: str) -> h5py.Dataset:
@@ -264,11 +265,13 @@ def _resizable(
     return dset
 
 
-def _append(dset: h5py.Dataset, data: np.ndarray) -> None:
+def _append(dset: h5py.Dataset, data: np.ndarray, sums: FieldSums | None = None) -> None:
+    """Append ``data`` to ``dset``, hashed into ``sums`` (None: no checksums)."""
     if len(data):
         end = dset.shape[0]
-        dset.resize((end + len(data),))
-        dset[end:] = data
+        with hashing(sums, dset, data, end):
+            dset.resize((end + len(data),))
+            dset[end:] = data
 
 
 # zstd fields plan their blocks (rows per block, dictionary) on the first
@@ -404,9 +407,8 @@ class _ZstdColumn:
             assert self.values is not None and self.blocks is not None
             ends = self.written + np.cumsum(sizes)
             data = np.frombuffer(frames, np.uint8)
-            with hashing(self.sums, self.values, data), hashing(self.sums, self.blocks, ends):
-                _append(self.values, data)
-                _append(self.blocks, ends)
+            _append(self.values, data, self.sums)
+            _append(self.blocks, ends, self.sums)
             self.written += len(frames)
         if whole < n:  # carry the rows of an unfinished block into the next flush
             # As copies: flat may be the caller's write_batch column, which the
@@ -525,8 +527,7 @@ class _Validity:
         whole = len(bits) // 8 * 8
         if whole:
             data = np.packbits(bits[:whole], bitorder="little")
-            with hashing(self.sums, self.dset, data):
-                self.out.append(data)
+            self.out.append(data, self.sums)
         self.tail = bits[whole:]
         if len(self.tail):
             # Not hashed as it arrives: a commit hashes the bytes past the hashed

@@ -184,13 +184,13 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
         for k in range(12):
             data = rng.integers(0, 1 << 30, int(rng.integers(0, 200_000)), dtype=np.int32)
             try:
-                with sums.appending(dset, data):
+                with sums.appending(dset, data, dset.shape[0]):
                     if k % 5 == 4:
                         raise OSError("disk full")
                     dset.resize((dset.shape[0] + len(data),))
                     dset[dset.shape[0] - len(data) :] = data
             except OSError:
-                assert sums.hashers["values"].length == dset.shape[0] * 4
+                assert sums.streams["values"].hasher.length == dset.shape[0] * 4
             if k % 3 == 2:
                 sums.commit([dset])
         sums.commit([dset])
