@@ -91,13 +91,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="h5record", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="print the schema and size of a file").add_argument("file")
+    sub.add_parser(
+        "info",
+        help="print the schema and size of a file",
+        description=_INFO_HELP,
+        formatter_class=_RAW,
+    ).add_argument("file")
     verify = sub.add_parser(
-        "verify", help="check every checksum and row of a file; exit 1 if it is damaged"
+        "verify",
+        help="check every checksum and row of a file; exit 1 if it is damaged",
+        description=_VERIFY_HELP,
+        formatter_class=_RAW,
     )
     verify.add_argument("file")
     verify.add_argument("--quick", action="store_true", help="check the rows' structure only")
-    merge = sub.add_parser("merge", help="concatenate shards into one file")
+    merge = sub.add_parser(
+        "merge",
+        help="concatenate shards into one file",
+        description=_MERGE_HELP,
+        formatter_class=_RAW,
+    )
     merge.add_argument("out", help="the file to write")
     merge.add_argument("shards", nargs="+", help="shard files, or one folder or glob")
     merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -121,6 +134,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- schema, head, bench, convert ------------------------------------------
 
 _RAW = argparse.RawDescriptionHelpFormatter
+
+_INFO_HELP = """Print a file's format version, rows and size, and each field's type,
+codec and whether it is read from a memory map.
+
+An unfinished write beside the file (FILE.partial) is named with its
+committed rows.
+
+examples:
+  h5record info train.h5
+  h5record info train.h5.partial
+"""
+
+_VERIFY_HELP = """Check a file for damage, and report all of it.
+
+Checks the metadata checksum, every checksum block of every dataset
+(docs/FORMAT.md, section 6) and that every row decodes (offsets, chunk
+addresses, zstd frames, text, validity bits), going on past each damaged
+part. Prints one line for each damaged field, block range or row range,
+then a summary. Exit status: 0 when no damage is found, 1 otherwise.
+A file written without checksums gets the structural checks only, which
+cannot see changed bytes that still decode.
+
+examples:
+  h5record verify train.h5
+  h5record verify train.h5 --quick     structure only: no hashing of the data
+"""
+
+_MERGE_HELP = """Concatenate shards with the same schema into one file.
+
+Shards are taken in the order given; a folder's or a glob's files in
+sorted order. Rows are moved as whole buffers (no row becomes a Python object); fields
+compressed with lzf, gzip or zstd are decompressed and compressed again.
+OUT appears only when complete.
+
+examples:
+  h5record merge train.h5 shards/
+  h5record merge train.h5 'shards/part-*.h5' --overwrite
+"""
 
 _SCHEMA_HELP = """Print the fields of a file and their types.
 

@@ -84,12 +84,16 @@ def test_convert(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "x.unknown"), str(out)]) == 1
 
 
-def test_help_is_plain_text():
+@pytest.mark.parametrize(
+    "command", ["info", "verify", "merge", "schema", "head", "bench", "convert"]
+)
+def test_every_command_explains_itself_in_plain_text(command):
     out = subprocess.run(
-        [sys.executable, "-m", "h5record.cli", "convert", "--help"],
+        [sys.executable, "-m", "h5record.cli", command, "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert "examples:" in out and "h5record convert train.parquet train.h5" in out
+    # A description with examples of the command itself, not only its usage line.
+    assert "examples:" in out and f"\n  h5record {command} " in out
     assert "``" not in out
