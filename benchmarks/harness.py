@@ -12,7 +12,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,6 +399,24 @@ class LoaderRate:
         )
 
 
+class _Stoppable:
+    """A sampler that hands out no more indices once ``stop`` is set: a loader's
+    epoch then ends after the batches already asked of its workers."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.stop = False
+
+    def __iter__(self) -> Iterator[int]:
+        for index in self.sampler:
+            if self.stop:
+                return
+            yield index
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def dataloader_rate(
     dataset: Any,
     batch_size: int,
@@ -453,22 +471,23 @@ def dataloader_rate(
     LoaderRate
     """
     import torch
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
     runs = []
     for repeat in range(repeats):
         generator = torch.Generator().manual_seed(seed + repeat)
-        order: dict[str, Any] = {"shuffle": shuffle, "generator": generator}
-        if shuffle and num_samples is not None:
-            sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
-            order = {"sampler": sampler}
+        if shuffle:
+            base: Any = RandomSampler(dataset, num_samples=num_samples, generator=generator)
+        else:
+            base = SequentialSampler(dataset)
+        sampler = _Stoppable(base)
         loader = (loader_cls or DataLoader)(
             dataset,
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=collate_fn,
             multiprocessing_context=mp_context if num_workers > 0 else None,
-            **order,
+            sampler=sampler,
         )
         limit = len(loader) if max_batches is None else min(max_batches, len(loader))
         start = time.perf_counter()
@@ -482,7 +501,14 @@ def dataloader_rate(
                 first, first_rows = end, rows
             elif end - first >= time_budget:
                 break
-        # Shutting the workers down is not part of reading.
+        # Not timed: the epoch is ended rather than dropped, so that the workers
+        # have sent every batch they were given and sit idle when they are shut
+        # down. Dropping a loader mid-epoch shuts workers down while they send,
+        # which a loaded machine turned into an abort of a worker
+        # ("terminate called without an active exception") once in many runs.
+        sampler.stop = True
+        for _ in iterator:
+            pass
         del iterator
         runs.append((rows, end - start, first - start, rows - first_rows, end - first))
 
