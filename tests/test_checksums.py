@@ -158,7 +158,44 @@ def test_a_helper_thread_only_when_a_cpu_is_idle(monkeypatch):
     monkeypatch.setattr(checksums.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     for load, spare in ((0.9, True), (1.0, True), (1.6, False), (7.0, False)):
         monkeypatch.setattr(checksums.os, "getloadavg", lambda load=load: (load, load, load))
-        assert checksums._spare_cpu() is spare, load
+        assert checksums._load_leaves_a_cpu() is spare, load
+    # The idle time of the CPUs decides once it can be read over a window.
+    clock, idle = [100.0], [5000.0]
+    monkeypatch.setattr(checksums.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(checksums, "_idle_seconds", lambda: idle[0])
+    spare = checksums._SpareCpu()
+    monkeypatch.setattr(checksums.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+    assert spare() is False  # a first look: the load average's guess
+    clock[0] += 1.0
+    idle[0] += 0.9  # most of a CPU idle for the last second
+    assert spare() is True
+    clock[0] += 0.1
+    idle[0] += 0.0
+    assert spare() is True  # within the window: the last answer
+    clock[0] += 1.0
+    idle[0] += 0.1  # busy CPUs
+    assert spare() is False
+    clock[0] += 1.0
+    idle[0] += 0.1
+    spare.helpers += 0.8  # ... busy with this process's own helper
+    assert spare() is True
+    monkeypatch.setattr(checksums, "_idle_seconds", lambda: None)
+    clock[0] += 1.0
+    assert spare() is False  # unreadable: the load average's guess again
+
+
+def test_a_helper_only_where_hashing_is_a_large_share_of_the_writer(tmp_path, monkeypatch):
+    clock = [10.0]
+    monkeypatch.setattr(checksums.time, "perf_counter", lambda: clock[0])
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        dset = f.create_dataset("values", (0,), maxshape=(None,), chunks=(4096,), dtype="u1")
+        stream = checksums.FieldSums([dset])._stream(dset)
+        clock[0] += 0.1  # 100 ms of converting rows since the writer began
+        assert stream.hashing_share(100 << 20) == pytest.approx((100 << 20) / 1e10 / 0.1)
+        clock[0] += 0.5  # a writer slowed by its conversions: 0.2% of its time
+        assert stream.hashing_share(10 << 20) < checksums.HELPER_SHARE
+        clock[0] += 0.002  # a writer that only copies: 50%
+        assert stream.hashing_share(10 << 20) > checksums.HELPER_SHARE
 
 
 def _counting(method, calls: list):
@@ -174,6 +211,7 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
     the stream; an append whose write fails leaves the checksums as they were."""
     monkeypatch.setattr(checksums, "THREAD_BYTES", 4096)
     monkeypatch.setattr(checksums, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(checksums, "HELPER_SHARE", 0.0)
     monkeypatch.setattr(checksums, "_spare_cpu", lambda: True)
     helpers = []
     monkeypatch.setattr(checksums._Append, "help", _counting(checksums._Append.help, helpers))
