@@ -1,12 +1,15 @@
 """What checksums cost: the same files written with and without them, runs interleaved.
 
-    python -m benchmarks.checksums [--folder /dev/shm] [--rows 200000] [--repeat 5]
+    python -m benchmarks.checksums [--folder /dev/shm] [--rows 200000] [--repeat 11]
 
 The goal: checksums (docs/FORMAT.md section 6) cost at most 3% of the write
-time of each workload, and nothing on the default read path. Each figure
-is a median of ``--repeat`` runs, the runs with and without checksums
-interleaved (their order alternating), so both see the same machine; the
-load average is printed beside them, as other processes skew every figure.
+time of each workload, and nothing on the default read path. The files are
+written with the writer's defaults (a commit every 60 seconds, so these
+short writes commit once, at the end); what checksums add to each commit
+is given apart, in milliseconds. A cost is the median over ``--repeat``
+pairs of runs with and without checksums made side by side (their order
+alternating), so both runs of a pair see the same machine; the load
+average is printed beside them, as other processes skew every figure.
 Then the time of reading every row, by default and with verify=True.
 """
 
@@ -17,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -48,19 +52,71 @@ def workloads(n: int) -> dict[str, tuple[list, dict]]:
     }
 
 
-def write(path: str, schema: list, columns: dict, checksums: bool) -> tuple[float, int]:
+def write(path: str, schema: list, columns: dict, checksums: bool) -> tuple[float, float, int]:
+    """Wall-clock and CPU seconds (every thread of the process) of writing ``columns``
+    in batches of 10,000 rows with the writer's defaults, and the file's size."""
     n = len(next(iter(columns.values())))
     step = 10_000
-    start = time.perf_counter()
-    with H5Writer(
-        path, schema, progress=False, overwrite=True, checksums=checksums, commit_every=50_000
-    ) as w:
+    start, cpu = time.perf_counter(), time.process_time()
+    with H5Writer(path, schema, progress=False, overwrite=True, checksums=checksums) as w:
         for a in range(0, n, step):
             w.write_batch({k: v[a : a + step] for k, v in columns.items()})
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     size = os.path.getsize(path)
     os.unlink(path)
-    return seconds, size
+    return seconds, cpu, size
+
+
+def own_share(path: str, schema: list, columns: dict, repeat: int = 3) -> float:
+    """The share of the writing thread's CPU time spent in the checksum code
+    (hashing what it hashes itself, and keeping the tables), median of ``repeat``
+    writes: the cost without the noise of a shared machine, but without the
+    effects on caches and memory bandwidth either."""
+    from h5record.checksums import FieldSums
+
+    spent = [0.0]
+    appending, commit = FieldSums.appending, FieldSums.commit
+
+    @contextmanager
+    def timed_appending(self, *args):  # type: ignore[no-untyped-def]
+        start = time.thread_time()
+        with appending(self, *args):
+            spent[0] += time.thread_time() - start
+            yield
+            start = time.thread_time()
+        spent[0] += time.thread_time() - start
+
+    def timed_commit(self, *args):  # type: ignore[no-untyped-def]
+        start = time.thread_time()
+        commit(self, *args)
+        spent[0] += time.thread_time() - start
+
+    shares = []
+    FieldSums.appending, FieldSums.commit = timed_appending, timed_commit  # type: ignore[method-assign]
+    try:
+        for _ in range(repeat):
+            spent[0] = 0.0
+            start = time.thread_time()
+            write(path, schema, columns, True)
+            shares.append(spent[0] / (time.thread_time() - start))
+    finally:
+        FieldSums.appending, FieldSums.commit = appending, commit  # type: ignore[method-assign]
+    return statistics.median(shares)
+
+
+def commit_ms(path: str, schema: list, columns: dict, checksums: bool) -> float:
+    """Median milliseconds of a commit after each batch of 10,000 rows."""
+    n = len(next(iter(columns.values())))
+    step = 10_000
+    times = []
+    with H5Writer(path, schema, progress=False, overwrite=True, checksums=checksums) as w:
+        for a in range(0, n, step):
+            w.write_batch({k: v[a : a + step] for k, v in columns.items()})
+            start = time.perf_counter()
+            w.commit()
+            times.append(time.perf_counter() - start)
+    os.unlink(path)
+    return 1e3 * statistics.median(times)
 
 
 def read_all(path: str, verify: bool = False) -> float:
@@ -72,30 +128,44 @@ def read_all(path: str, verify: bool = False) -> float:
 
 
 def interleaved(repeat: int, run: dict) -> dict:
-    """Median seconds of each callable of ``run``, called in turn ``repeat`` times,
+    """Every result of each callable of ``run``, called in turn ``repeat`` times,
     in alternating order."""
-    times: dict = {key: [] for key in run}
+    results: dict = {key: [] for key in run}
     keys = list(run)
     for r in range(repeat):
         for key in keys if r % 2 == 0 else keys[::-1]:
-            times[key].append(run[key]())
-    return {key: statistics.median(t) for key, t in times.items()}
+            results[key].append(run[key]())
+    return results
+
+
+def paired_cost(without: list[float], with_: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the ratios of runs made side by side, minus 1.
+
+    A ratio of two neighbouring runs cancels the drift of a shared machine
+    (its speed moves 2-3x within minutes here), which the ratio of two
+    medians over the whole run does not.
+    """
+    costs = sorted(b / a - 1 for a, b in zip(without, with_, strict=True))
+    q1, median, q3 = statistics.quantiles(costs, n=4) if len(costs) > 1 else costs * 3
+    return median, q1, q3
 
 
 def write_cost(name: str, path: str, schema: list, columns: dict, repeat: int) -> str:
     """The table row of one workload."""
-    sizes = {}
-
-    def run(checksums: bool) -> float:
-        seconds, sizes[checksums] = write(path, schema, columns, checksums)
-        return seconds
-
-    run(True)  # warm up
-    t = interleaved(repeat, {False: lambda: run(False), True: lambda: run(True)})
-    cost = (t[True] - t[False]) / t[False]
+    runs = interleaved(
+        repeat,
+        {c: lambda c=c: write(path, schema, columns, c) for c in (False, True)},
+    )
+    wall, q1, q3 = paired_cost([r[0] for r in runs[False]], [r[0] for r in runs[True]])
+    cpu = paired_cost([r[1] for r in runs[False]], [r[1] for r in runs[True]])[0]
+    seconds = statistics.median(r[0] for r in runs[False])
+    size_with, size_without = runs[True][0][2], runs[False][0][2]
+    commits = {c: commit_ms(path, schema, columns, c) for c in (False, True)}
+    own = own_share(path, schema, columns)
     return (
-        f"{name:<18} {sizes[True] / 1e6:>7.1f} {t[False]:>10.3f} {t[True]:>8.3f} "
-        f"{cost:>+7.1%} {sizes[True] / sizes[False] - 1:>+7.2%}  {verdict(cost)}"
+        f"{name:<18} {size_with / 1e6:>6.1f} {seconds:>7.3f} {wall:>+7.1%} "
+        f"{q1:>+6.1%}..{q3:<+6.1%} {cpu:>+7.1%} {own:>6.1%} {size_with / size_without - 1:>+7.2%} "
+        f"{commits[False]:>6.1f} {commits[True] - commits[False]:>+6.1f}  {verdict(wall)}"
     )
 
 
@@ -107,18 +177,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folder", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each kind (at least 5)")
+    parser.add_argument("--repeat", type=int, default=11, help="pairs of runs (at least 5)")
     args = parser.parse_args()
     repeat = max(args.repeat, 5)
     folder = args.folder or tempfile.mkdtemp()
     path = os.path.join(folder, "bench_checksums.h5")
     print(
         f"Checksum cost per workload; goal: at most {GOAL:.0%} of the write time without "
-        f"checksums (medians of {repeat} interleaved runs each, load average "
-        f"{os.getloadavg()[0]:.1f})"
+        f"checksums. Medians of {repeat} pairs of runs side by side (with quartiles), "
+        f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; CPU: the time of "
+        "every thread, a helper's hashing included; own: the share of the writing thread's "
+        "CPU time spent in the checksum code; commit: the median of a commit after "
+        "each 10,000 rows, without checksums and what they add"
     )
-    header = ("workload", "MB", "without s", "with s", "cost", "file")
-    print("{:<18} {:>7} {:>10} {:>8} {:>7} {:>7}  goal".format(*header))
+    header = (
+        "workload",
+        "MB",
+        "write s",
+        "cost",
+        "quartiles",
+        "CPU",
+        "own",
+        "file",
+        "commit",
+        "ms",
+    )
+    print("{:<18} {:>6} {:>7} {:>7} {:^14} {:>7} {:>6} {:>7} {:>6} {:>6}  goal".format(*header))
     for name, (schema, columns) in workloads(args.rows).items():
         print(write_cost(name, path, schema, columns, repeat))
     schema, columns = workloads(args.rows)["text+tokens"]
@@ -134,14 +218,15 @@ def main() -> None:
             "verify": lambda: read_all(paths[True], verify=True),
         },
     )
-    cost = (t["default"] - t["plain"]) / t["plain"]
+    cost, q1, q3 = paired_cost(t["plain"], t["default"])
     print(
-        f"reading every row of text+tokens, by default: {t['plain']:.3f} s without checksums, "
-        f"{t['default']:.3f} s with ({cost:+.1%}; goal: nothing, so within noise)"
+        f"reading every row of text+tokens, by default: {statistics.median(t['plain']):.3f} s "
+        f"without checksums, {cost:+.1%} with them (quartiles {q1:+.1%}..{q3:+.1%}; "
+        "goal: nothing, so within noise)"
     )
     print(
-        f"with verify=True, a first pass over every block: {t['verify']:.3f} s "
-        f"({(t['verify'] - t['plain']) / t['plain']:+.1%})"
+        "with verify=True, a first pass over every block: "
+        f"{paired_cost(t['plain'], t['verify'])[0]:+.1%}"
     )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     for p in paths.values():
