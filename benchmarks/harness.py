@@ -488,6 +488,7 @@ def dataloader_rate(
             collate_fn=collate_fn,
             multiprocessing_context=mp_context if num_workers > 0 else None,
             sampler=sampler,
+            generator=generator,  # seeds the workers as well
         )
         limit = len(loader) if max_batches is None else min(max_batches, len(loader))
         start = time.perf_counter()

@@ -22,6 +22,7 @@ import bisect
 import ctypes
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -48,12 +49,13 @@ THREAD_BYTES = 4 << 20
 # Bytes a thread hashes between two looks at the work left.
 PIECE_BYTES = 1 << 20
 # A helper is worth its start and its share of memory bandwidth only where
-# hashing would take the writing thread more than this share of its time,
-# at HASH_BYTES_PER_S (XXH3 reads 10-14 GB/s from memory on a 2020s server
-# core). Measured on 2 CPUs, one idle: text and token rows (conversion-bound,
-# an append every ~14 ms) were written 4.5% slower with a helper and 0.1%
-# slower hashing inline; 12 KB images (an append every ~7 ms) 3.3% slower
-# with a helper and 11% hashing inline.
+# hashing a dataset's appends would take the writing thread more than this
+# share of its time, at HASH_BYTES_PER_S (XXH3 reads 10-14 GB/s from memory
+# on a 2020s server core). Measured on 2 CPUs, one idle, the writing
+# thread's CPU time against a writer without checksums: text and token rows
+# (conversion-bound, a 5 MB append of tokens every ~14 ms) +3.4% hashing
+# inline and +5.2% with a helper; 12 KB images (6 MB every ~7 ms) +11% inline
+# and +3% with a helper.
 HELPER_SHARE = 0.05
 HASH_BYTES_PER_S = 10e9
 
@@ -139,18 +141,24 @@ def _load_leaves_a_cpu() -> bool:
     return os.getloadavg()[0] <= cpus - 1
 
 
-def _idle_seconds() -> float | None:
-    """CPU seconds every CPU of the machine has spent idle since boot (/proc/stat),
-    or None where that cannot be read."""
-    try:
-        with open("/proc/stat", "rb") as fh:
-            fields = fh.readline().split()
-        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _idle_seconds() -> float | None:
+    """CPU seconds the CPUs this process may run on have spent idle since boot
+    (/proc/stat), or None where that cannot be read. CPU quotas of a container
+    are not seen."""
+    try:
+        allowed = {f"cpu{c}".encode() for c in os.sched_getaffinity(0)}
+        idle = 0
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                fields = line.split()
+                if fields and fields[0] in allowed:
+                    idle += int(fields[4]) + int(fields[5])  # idle + iowait
+        return idle / _TICKS if allowed else None
+    except (OSError, IndexError, ValueError, AttributeError):
+        return None
 
 
 class _SpareCpu:
@@ -160,39 +168,43 @@ class _SpareCpu:
     Where every CPU is busy, a helper only takes CPU time from the writer and
     other processes: measured on 2 busy CPUs, 123 MB of 12 KB images took 17%
     longer to write with checksums hashed by a helper, 14% longer hashed by
-    the writer itself. The machine's idle time is read at most every
-    ``WINDOW`` seconds; the load average is a poorer guess (a machine can
-    show a load of 1 with both of its CPUs idle) used only before a first
-    window or where /proc/stat is missing.
+    the writer itself. The idle time is read at most every ``WINDOW``
+    seconds; the load average is a poorer guess (a machine can show a load
+    of 1 with both of its CPUs idle), used only at a first look or where
+    /proc/stat cannot be read.
     """
 
     WINDOW = 0.25
 
     def __init__(self) -> None:
-        self.at: float | None = None
-        self.idle = 0.0
-        self.helped = 0.0  # CPU seconds of helpers at the last look
-        self.helpers = 0.0  # CPU seconds of every helper so far
-        self.answer = False
+        self.looked_at: float | None = None
+        self.idle_then = 0.0  # idle CPU seconds at the last look
+        self.helper_cpu_then = 0.0  # helper_cpu at the last look
+        self.helper_cpu = 0.0  # CPU seconds of every helper thread so far
+        self.spare = False  # the answer of the last look
+        self._lock = threading.Lock()
+
+    def add_helper_cpu(self, seconds: float) -> None:
+        with self._lock:  # helpers of two datasets may end at the same time
+            self.helper_cpu += seconds
 
     def __call__(self) -> bool:
         now = time.monotonic()
-        if self.at is not None and now - self.at < self.WINDOW:
-            return self.answer
+        if self.looked_at is not None and now - self.looked_at < self.WINDOW:
+            return self.spare
         idle = _idle_seconds()
         if idle is None:
             return _load_leaves_a_cpu()
-        if self.at is None:
-            self.answer = _load_leaves_a_cpu()
+        if self.looked_at is None:
+            self.spare = _load_leaves_a_cpu()
         else:
-            spare = idle - self.idle + self.helpers - self.helped
-            self.answer = spare >= 0.5 * (now - self.at)
-        self.at, self.idle, self.helped = now, idle, self.helpers
-        return self.answer
+            free = idle - self.idle_then + self.helper_cpu - self.helper_cpu_then
+            self.spare = free >= 0.5 * (now - self.looked_at)
+        self.looked_at, self.idle_then, self.helper_cpu_then = now, idle, self.helper_cpu
+        return self.spare
 
 
-_SPARE = _SpareCpu()
-_spare_cpu = _SPARE
+_spare_cpu = _SpareCpu()
 
 
 def hash_blocks(data: Any, block_bytes: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -245,7 +257,7 @@ class _Append:
         args = (self.body, self.block_bytes, self.helped, self.state, self.per_piece, _XXH3)
         cpu = time.thread_time()
         _fast.hash_pieces_helper(*args)
-        _SPARE.helpers += time.thread_time() - cpu
+        _spare_cpu.add_helper_cpu(time.thread_time() - cpu)
 
     def hashes(self) -> np.ndarray:
         if self._hashes is None:
@@ -384,11 +396,11 @@ class _WrittenStream:
         self.row_bytes = _row_bytes(dset)
         self.hasher = hasher
         self.table: h5py.Dataset | None = None
-        self.last = time.perf_counter()  # when the last append began, or this
+        self.last = time.perf_counter()  # when the last append began, or the writer
 
     def hashing_share(self, nbytes: int) -> float:
-        """The share of the time since the last append (or since the writer began)
-        that hashing ``nbytes`` would take."""
+        """The share of the time since this dataset's last append (or since the
+        writer began) that hashing this append's ``nbytes`` would take."""
         now = time.perf_counter()
         since, self.last = now - self.last, now
         return nbytes / HASH_BYTES_PER_S / max(since, 1e-9)
@@ -450,12 +462,8 @@ class FieldSums:
             )
         append = hasher.start(data)
         whole = append.stop - append.head
-        if (
-            _XXH3
-            and whole >= THREAD_BYTES
-            and stream.hashing_share(whole) > HELPER_SHARE
-            and _spare_cpu()
-        ):
+        share = stream.hashing_share(whole)
+        if _XXH3 and whole >= THREAD_BYTES and share > HELPER_SHARE and _spare_cpu():
             append.help()
         yield
         hasher.add(append)

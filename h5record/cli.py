@@ -163,10 +163,11 @@ examples:
 
 _MERGE_HELP = """Concatenate shards with the same schema into one file.
 
-Shards are taken in the order given; a folder's or a glob's files in
-sorted order. Rows are moved as whole buffers (no row becomes a Python object); fields
-compressed with lzf, gzip or zstd are decompressed and compressed again.
-OUT appears only when complete.
+Shards are taken in the order given: files as listed, a folder of shards
+in its manifest's order, a glob's files in sorted order. Rows are moved
+as whole buffers (no row becomes a Python object); fields compressed with
+lzf, gzip or zstd are decompressed and compressed again. OUT appears only
+when complete.
 
 examples:
   h5record merge train.h5 shards/

@@ -9,6 +9,7 @@ import pickle
 import shutil
 import sys
 import threading
+import time
 import warnings
 
 import h5py
@@ -177,7 +178,7 @@ def test_a_helper_thread_only_when_a_cpu_is_idle(monkeypatch):
     assert spare() is False
     clock[0] += 1.0
     idle[0] += 0.1
-    spare.helpers += 0.8  # ... busy with this process's own helper
+    spare.add_helper_cpu(0.8)  # ... busy with this process's own helper
     assert spare() is True
     monkeypatch.setattr(checksums, "_idle_seconds", lambda: None)
     clock[0] += 1.0
@@ -212,7 +213,8 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
     monkeypatch.setattr(checksums, "THREAD_BYTES", 4096)
     monkeypatch.setattr(checksums, "PIECE_BYTES", 4096)
     monkeypatch.setattr(checksums, "HELPER_SHARE", 0.0)
-    monkeypatch.setattr(checksums, "_spare_cpu", lambda: True)
+    monkeypatch.setattr(checksums._SpareCpu, "__call__", lambda self: True)
+    helper_cpu = checksums._spare_cpu.helper_cpu
     helpers = []
     monkeypatch.setattr(checksums._Append, "help", _counting(checksums._Append.help, helpers))
     rng = np.random.default_rng(5)
@@ -233,6 +235,10 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
                 sums.commit([dset])
         sums.commit([dset])
         assert len(helpers) >= 5
+        deadline = time.monotonic() + 5  # a helper may still finish its last piece
+        while checksums._spare_cpu.helper_cpu == helper_cpu and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checksums._spare_cpu.helper_cpu > helper_cpu  # what they took is counted
         stream = dset[()].tobytes()
         table = f["values" + spec.CHECKSUM_SUFFIX]
         assert int(table.attrs["block_bytes"]) == spec.CHECKSUM_BLOCK_BYTES
