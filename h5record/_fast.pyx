@@ -837,6 +837,16 @@ cdef class ZstdField(FieldReader):
                 raise MemoryError()
         return buf[0]
 
+    cdef object bad_frame(self, int64_t j, int64_t r):
+        """The error for frame ``j`` (of ``r`` rows): zstd checks each frame's content
+        checksum as it decodes (FORMAT.md, section 6), so damaged bytes end here."""
+        rows = f"row {j * self.io.rows_per_block}" if r == 1 else (
+            f"rows {j * self.io.rows_per_block}-{j * self.io.rows_per_block + r - 1}")
+        return FormatError(
+            f"{self.where}, {rows}: zstd frame {j} does not decode to its rows (its bytes, "
+            "its checksum or the field's dictionary are damaged); the file is damaged"
+        )
+
     cdef int load(self, int64_t j) except -1:
         """Make block ``j`` the cached, decompressed block."""
         cdef int64_t c0, c1, size, got, r, p, R = self.io.rows_per_block
@@ -856,19 +866,19 @@ cdef class ZstdField(FieldReader):
         if ok < 0:
             raise self.damaged(j * R)
         content = ZSTD_getFrameContentSize(src, c1 - c0)
-        if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
-            raise self.damaged(j * R)
-        size = <int64_t>content
         r = min(R, self.n_rows - j * R)
+        if content > <unsigned long long>self.max_block:  # also catches zstd's error codes
+            raise self.bad_frame(j, r)
+        size = <int64_t>content
         # The declared size is checked before it is allocated: against the block's
         # rows, and against what a frame of this many bytes can produce at most.
         if (size < 4 * r if self.variable else size != r * self.eb) or size > frame_bound(c1 - c0):
-            raise self.damaged(j * R)
+            raise self.bad_frame(j, r)
         self.grow(&self.cache, &self.cache_cap, size)
         with nogil:
             got = decompress_frame(self.dctx, self.ddict, src, c1 - c0, self.cache, size)
         if got != size:
-            raise self.damaged(j * R)
+            raise self.bad_frame(j, r)
         if self.variable:
             if r + 1 > self.starts_cap:
                 free(self.starts)
@@ -881,7 +891,7 @@ cdef class ZstdField(FieldReader):
             for p in range(r):
                 self.starts[p + 1] = self.starts[p] + lens[p]
             if 4 * r + self.starts[r] * self.eb != size:
-                raise self.damaged(j * R)
+                raise self.bad_frame(j, r)
         elif r * self.eb != size:
             raise self.damaged(j * R)
         self.cached = j

@@ -435,7 +435,7 @@ def test_zstd_frames_check_themselves_without_verify(tmp_path, clean):
     path = tmp_path / "z.h5"
     shutil.copy(clean, path)
     flip(path, "fields/z/values", at=3000)
-    with H5Dataset(path) as ds, pytest.raises(FormatError, match="'z'"):
+    with H5Dataset(path) as ds, pytest.raises(FormatError, match="'z'.*zstd frame .* not decode"):
         ds[np.arange(len(ds))].column("z")
 
 

@@ -243,7 +243,7 @@ def test_damaged_zstd_frame_is_an_error_naming_field_and_row(tmp_path):
         values[start : int(blocks[11])] = np.frombuffer(bytes(reversed(frame.tobytes())), np.uint8)
         R = json.loads(f.attrs["schema"])["fields"][0]["codec"]["rows_per_block"]
     ds = H5Dataset(path)
-    with pytest.raises(FormatError, match=r"field 'text', row \d+"):
+    with pytest.raises(FormatError, match=rf"field 'text', rows? {10 * R}\b.*zstd frame 10 "):
         ds[10 * R]
     with pytest.raises(FormatError):
         ds[np.arange(10 * R, 10 * R + 5)].column("text")
