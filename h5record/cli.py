@@ -149,8 +149,9 @@ examples:
 _VERIFY_HELP = """Check a file for damage, and report all of it.
 
 Checks the metadata checksum, every checksum block of every dataset
-(docs/FORMAT.md, section 6) and that every row decodes (offsets, chunk
-addresses, zstd frames, text, validity bits), going on past each damaged
+(docs/FORMAT.md, section 6), that every row decodes (offsets, chunk
+addresses, zstd frames, text, validity bits) and that the unused space of
+each dataset's last chunk still holds zeros, going on past each damaged
 part. Prints one line for each damaged field, block range or row range,
 then a summary. Exit status: 0 when no damage is found, 1 otherwise.
 A file written without checksums gets the structural checks only, which

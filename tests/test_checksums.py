@@ -431,6 +431,29 @@ def test_a_flipped_bit_is_found_by_verify_and_the_command(tmp_path, clean, datas
     assert not report.ok and any(f"field {field!r}" in d for d in report.damage)
 
 
+def test_a_changed_byte_in_unused_chunk_space_is_reported(tmp_path, clean):
+    """The space of a last chunk past its data holds no row, yet a change there is
+    a sign of a failing disk: verify names the dataset; reads are unaffected."""
+    path = tmp_path / "pad.h5"
+    shutil.copy(clean, path)
+    assert verify_file(str(path)).ok
+    with h5py.File(path, "r") as f:
+        d = f["fields/text/values"]
+        last = (d.shape[0] - 1) // d.chunks[0] * d.chunks[0]
+        info = d.id.get_chunk_info_by_coord((last,))
+        end = info.byte_offset + (d.shape[0] - last)
+        assert end < info.byte_offset + info.size  # there is unused space
+    with open(path, "r+b") as fh:
+        fh.seek(end + 10)
+        fh.write(b"\x01")
+    report = verify_file(str(path))
+    assert [d for d in report.damage if "field 'text', dataset 'values'" in d], report.damage
+    assert "past the end of its data are not zero" in report.damage[0]
+    assert verify_file(str(path), quick=True).ok
+    with H5Dataset(path, verify=True) as ds:
+        assert_row_equal(ds[len(ds) - 1], expected_row(SCHEMA, row(len(ds) - 1)))
+
+
 def test_zstd_frames_check_themselves_without_verify(tmp_path, clean):
     path = tmp_path / "z.h5"
     shutil.copy(clean, path)
@@ -500,7 +523,8 @@ def _damage(rng: np.random.Generator, data: bytearray) -> bytearray:
     "trials", [25, pytest.param(1000, marks=pytest.mark.slow)], ids=["25", "1000"]
 )
 def test_damaged_copies_never_read_wrong_rows(tmp_path, trials):
-    """Damaged copies: every row read with verify=True is right, or an error says why."""
+    """Damaged copies: every row read with verify=True is right, or an error says why,
+    and the command reports every copy that changed."""
     path = tmp_path / "small.h5"
     n = 300
     write_rows(path, 0, n, commit_every=100)
@@ -510,7 +534,8 @@ def test_damaged_copies_never_read_wrong_rows(tmp_path, trials):
     results = {"wrong": 0, "refused": 0, "clean": 0, "caught_by_command": 0}
     for trial in range(trials):
         bad = tmp_path / f"t{trial}.h5"
-        bad.write_bytes(bytes(_damage(rng, bytearray(original))))
+        damaged = bytes(_damage(rng, bytearray(original)))
+        bad.write_bytes(damaged)
         wrong = refused = False
         try:
             with warnings.catch_warnings():
@@ -540,7 +565,9 @@ def test_damaged_copies_never_read_wrong_rows(tmp_path, trials):
         results["refused"] += refused
         results["clean"] += not refused
         results["caught_by_command"] += not report.ok
-        # What the command passes as undamaged reads back right.
+        # Every copy whose bytes changed is reported, most of it unused chunk space
+        # that no row is read from; what the command passes reads back right.
+        assert report.ok == (damaged == original), (trial, report)
         assert report.ok or refused or not wrong
         if report.ok:
             assert not refused, (trial, report)

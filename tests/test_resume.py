@@ -26,6 +26,7 @@ from h5record import (
 )
 from h5record.commit import CommitFile, commit_pending, journal_path, recover
 from h5record.errors import FormatError, H5RecordError, WriteError
+from h5record.verify import verify_file
 from h5record.writer import partial_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,6 +118,8 @@ def _interrupt_and_resume(tmp_path, trial: int, signum: int) -> int:
     ds = H5Dataset(path)
     check_rows(ds, ROWS)
     ds.close()
+    report = verify_file(path)  # checksums continued, no stale bytes left in chunks
+    assert report.ok, report.damage
     return -1 if committed is None else committed
 
 
