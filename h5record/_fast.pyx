@@ -844,7 +844,8 @@ cdef class ZstdField(FieldReader):
             f"rows {j * self.io.rows_per_block}-{j * self.io.rows_per_block + r - 1}")
         return FormatError(
             f"{self.where}, {rows}: zstd frame {j} does not decode to its rows (its bytes, "
-            "its checksum or the field's dictionary are damaged); the file is damaged"
+            "its checksum, its offsets in blocks or the field's dictionary are damaged); "
+            "the file is damaged"
         )
 
     cdef int load(self, int64_t j) except -1:
@@ -892,8 +893,6 @@ cdef class ZstdField(FieldReader):
                 self.starts[p + 1] = self.starts[p] + lens[p]
             if 4 * r + self.starts[r] * self.eb != size:
                 raise self.bad_frame(j, r)
-        elif r * self.eb != size:
-            raise self.damaged(j * R)
         self.cached = j
         return 0
 

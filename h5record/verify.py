@@ -12,11 +12,12 @@ import itertools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import h5py
 import numpy as np
 
-from . import reader
+from . import reader, spec
 from .checksums import Verifier, row_range
 from .errors import FormatError
 
@@ -73,57 +74,85 @@ def verify_file(path: str, quick: bool = False, say: Callable[[str], None] | Non
     return report
 
 
+# The datasets of a field that h5record writes chunked and unfiltered (and their
+# checksum tables); other datasets in a file are not its to judge.
+_CHUNKED = (spec.VALUES, spec.OFFSETS, spec.BLOCKS, spec.VALIDITY)
+# Bytes of unused chunk space read at a time.
+_PIECE_BYTES = 1 << 20
+
+
 def _unused_chunk_bytes(path: str) -> Iterator[str]:
     """Changed bytes where no row is read: the space of a dataset's last chunk past
-    the end of its data.
+    the end of its data (docs/FORMAT.md, section 6).
 
-    HDF5 fills that space with the dataset's fill value (zero) when it makes
-    a chunk, and again when a dataset shrinks, so a byte there that is not
-    zero changed on the disk. It is most of a small file (a last chunk is
-    up to 1 MiB however few rows it holds), and no checksum covers it.
-    Only unfiltered datasets are looked at; one chunk each.
+    HDF5 fills that space with the fill value (zero) when it makes a chunk,
+    and again when a dataset shrinks, so a byte there that is not zero
+    changed on the disk. It is most of a small file (a last chunk is up to
+    1 MiB however few rows it holds), and no checksum covers it.
     """
-    found: list[str] = []
-
-    def visit(name: str, dset: object) -> None:
-        if not isinstance(dset, h5py.Dataset) or dset.chunks is None or not dset.shape:
-            return
-        if dset.id.get_create_plist().get_nfilters() or dset.chunks[1:] != dset.shape[1:]:
-            return
-        if np.any(np.asarray(dset.fillvalue)):
-            return
-        row_bytes = dset.dtype.itemsize * int(np.prod(dset.shape[1:], dtype=np.int64))
-        n, chunk = dset.shape[0], dset.chunks[0]
-        first = max(n - 1, 0) // chunk * chunk  # the last chunk holding data
-        info = dset.id.get_chunk_info_by_coord((first,) + (0,) * (len(dset.shape) - 1))
-        if info.byte_offset is None:
-            return
-        used = (n - first) * row_bytes
-        fh.seek(info.byte_offset + used)
-        rest = np.frombuffer(fh.read(max(0, info.size - used)), np.uint8)
-        changed = np.flatnonzero(rest)
-        if len(changed):
-            at = info.byte_offset + used + int(changed[0])
-            found.append(
-                f"{_dataset_name(name)}: {len(changed):,} bytes of its last chunk past the end "
-                f"of its data are not zero (the first at byte {at:,} of the file); HDF5 "
-                "writes zeros there, so bytes of the file changed"
-            )
-
+    names = {n + suffix for n in _CHUNKED for suffix in ("", spec.CHECKSUM_SUFFIX)}
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as fh:
-            f.visititems(visit)
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        found.append(f"the unused space of its chunks cannot be checked: {exc}")
-    yield from found
+            fields = f.get(spec.FIELDS_GROUP)
+            if not isinstance(fields, h5py.Group):
+                return
+            for field in fields:
+                group = fields[field]
+                if not isinstance(group, h5py.Group):
+                    continue
+                for name in sorted(names & set(group)):
+                    try:
+                        text = _unused_space_of(group[name], fh)
+                    except reader._HDF5_ERRORS as exc:
+                        text = f"the unused space of its last chunk cannot be read: {exc}"
+                    if text:
+                        yield f"{_dataset_name(group.name, name)}: {text}"
+    except reader._HDF5_ERRORS as exc:
+        yield f"the unused space of its chunks cannot be checked: {exc}"
 
 
-def _dataset_name(name: str) -> str:
-    """``field 'x', dataset 'values'`` for ``fields/x/values``, as the other reports say."""
-    parts = name.split("/")
-    if len(parts) == 3 and parts[0] == "fields":
-        return f"field {parts[1]!r}, dataset {parts[2]!r}"
-    return f"dataset {name!r}"
+def _unused_space_of(dset: object, fh: Any) -> str | None:
+    """What is wrong with the unused space of a dataset's last chunk, or None."""
+    if not isinstance(dset, h5py.Dataset) or dset.chunks is None or not dset.shape:
+        return None
+    if dset.dtype.kind not in "biuf" or dset.chunks[1:] != dset.shape[1:]:
+        return None
+    if dset.id.get_create_plist().get_nfilters():
+        return None
+    item = dset.id.get_type().get_size()  # as stored in the file
+    row_bytes = item * int(np.prod(dset.shape[1:], dtype=np.int64))
+    n, chunk = dset.shape[0], dset.chunks[0]
+    first = max(n - 1, 0) // chunk * chunk  # the last chunk holding data
+    info = dset.id.get_chunk_info_by_coord((first,) + (0,) * (len(dset.shape) - 1))
+    if info.byte_offset is None:
+        return None
+    if info.size != chunk * row_bytes:  # before reading what a damaged index claims
+        return f"its last chunk claims {info.size:,} bytes, not {chunk * row_bytes:,}"
+    at = info.byte_offset + (n - first) * row_bytes
+    end = info.byte_offset + info.size
+    changed, first_at = 0, None
+    while at < end:
+        fh.seek(at)
+        piece = np.frombuffer(fh.read(min(_PIECE_BYTES, end - at)), np.uint8)
+        if not len(piece):
+            break  # a truncated file: the checks of the data report it
+        count = int(np.count_nonzero(piece))
+        if count and first_at is None:
+            first_at = at + int(np.argmax(piece != 0))
+        changed += count
+        at += len(piece)
+    if not changed:
+        return None
+    return (
+        f"{changed:,} bytes of its last chunk past the end of its data are not zero (the "
+        f"first at byte {first_at:,} of the file); HDF5 writes zeros there, so bytes of "
+        "the file changed"
+    )
+
+
+def _dataset_name(group: str, name: str) -> str:
+    """``field 'x', dataset 'values'`` for ``/fields/x`` and ``values``, as other reports say."""
+    return f"field {group.rsplit('/', 1)[-1]!r}, dataset {name!r}"
 
 
 def _structure(path: str, layout: reader.FileLayout, report: Report) -> Iterator[str]:
