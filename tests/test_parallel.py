@@ -130,7 +130,11 @@ _KILLED_JOB = """
 import sys
 from h5record.parallel import write_shards
 from tests.test_parallel import INPUTS, SCHEMA, slow_rows
-write_shards(INPUTS * 2, slow_rows, sys.argv[1], SCHEMA, workers=2, shard_rows=40)
+# fork: its semaphores have no names, so the kill of the whole job leaves none
+# behind in /dev/shm (spawn's are named, and unlinked by a resource tracker that
+# the kill takes down too).
+write_shards(INPUTS * 2, slow_rows, sys.argv[1], SCHEMA, workers=2, shard_rows=40,
+             mp_context="fork")
 """
 
 
