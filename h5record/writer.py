@@ -221,13 +221,14 @@ class _ChunkAppender:
         start, n = dset.shape[0], len(data)
         if not n:
             return
+        direct = self.direct and n >= self.chunk
+        if direct:  # raw bytes go to the file as they are: in the dataset's own dtype
+            data = np.ascontiguousarray(data, dtype=dset.dtype)
         with hashing(sums, dset, data, start):
             dset.resize((start + n, *self.row_shape))
-            if not self.direct or n < self.chunk:
+            if not direct:
                 dset[start:] = data
                 return
-            # Raw bytes go to the file as they are: in the dataset's own dtype.
-            data = np.ascontiguousarray(data, dtype=dset.dtype)
             head = -start % self.chunk  # up to the end of a started chunk
             whole = head + (n - head) // self.chunk * self.chunk
             if head:
