@@ -20,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -52,15 +53,20 @@ def workloads(n: int) -> dict[str, tuple[list, dict]]:
     }
 
 
+def batches(columns: dict, step: int = 10_000) -> Iterator[dict]:
+    """``columns`` cut into batches of ``step`` rows, as write_batch takes them."""
+    n = len(next(iter(columns.values())))
+    for a in range(0, n, step):
+        yield {k: v[a : a + step] for k, v in columns.items()}
+
+
 def write(path: str, schema: list, columns: dict, checksums: bool) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds (every thread of the process) of writing ``columns``
     in batches of 10,000 rows with the writer's defaults, and the file's size."""
-    n = len(next(iter(columns.values())))
-    step = 10_000
     start, cpu = time.perf_counter(), time.process_time()
     with H5Writer(path, schema, progress=False, overwrite=True, checksums=checksums) as w:
-        for a in range(0, n, step):
-            w.write_batch({k: v[a : a + step] for k, v in columns.items()})
+        for batch in batches(columns):
+            w.write_batch(batch)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     size = os.path.getsize(path)
     os.unlink(path)
@@ -106,12 +112,10 @@ def own_share(path: str, schema: list, columns: dict, repeat: int = 3) -> float:
 
 def commit_ms(path: str, schema: list, columns: dict, checksums: bool) -> float:
     """Median milliseconds of a commit after each batch of 10,000 rows."""
-    n = len(next(iter(columns.values())))
-    step = 10_000
     times = []
     with H5Writer(path, schema, progress=False, overwrite=True, checksums=checksums) as w:
-        for a in range(0, n, step):
-            w.write_batch({k: v[a : a + step] for k, v in columns.items()})
+        for batch in batches(columns):
+            w.write_batch(batch)
             start = time.perf_counter()
             w.commit()
             times.append(time.perf_counter() - start)
