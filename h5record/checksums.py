@@ -229,7 +229,14 @@ class _Append:
     included: the appender never waits for a helper that gets no CPU.
     """
 
-    def __init__(self, view: memoryview, head: int, stop: int, block_bytes: int) -> None:
+    def __init__(
+        self,
+        view: memoryview,
+        head: int,
+        stop: int,
+        block_bytes: int,
+        hashes: np.ndarray | None = None,
+    ) -> None:
         self.view = view
         self.head = head  # bytes that go into the stream's partly filled block
         self.stop = stop  # view[head:stop] are whole blocks
@@ -237,7 +244,11 @@ class _Append:
         self.per_piece = max(1, PIECE_BYTES // block_bytes)
         self.helped: np.ndarray | None = None  # the helper's hashes
         self.state: np.ndarray | None = None  # of each piece, shared with the helper
-        self._hashes: np.ndarray | None = None
+        self._hashes = hashes
+
+    @property
+    def hashed(self) -> bool:
+        return self._hashes is not None
 
     @property
     def body(self) -> memoryview:
@@ -275,8 +286,9 @@ class StreamHasher:
     """XXH3-64 of every ``block_bytes`` block of a byte stream that only grows.
 
     Only what the file does not hold yet is kept: the hashes of the blocks
-    filled since the last commit and the bytes of the partly filled last
-    block, so memory stays at one block whatever the file's size.
+    filled since the last commit, and XXH3's running state over the partly
+    filled last block (not its bytes), so memory stays small whatever the
+    file's size.
     """
 
     def __init__(self, block_bytes: int = spec.CHECKSUM_BLOCK_BYTES) -> None:
@@ -284,43 +296,63 @@ class StreamHasher:
         self.stored = 0  # entries in the file that never change again (full blocks)
         self.full = 0  # full blocks hashed
         self.pending: list[np.ndarray] = []  # hashes of full blocks stored..full-1
-        self.partial = bytearray()
+        self.partial = xxhash.xxh3_64()  # over the bytes of the partly filled block
+        self.partial_len = 0
 
     @property
     def length(self) -> int:
-        return self.full * self.block_bytes + len(self.partial)
+        return self.full * self.block_bytes + self.partial_len
 
     def update(self, data: Any) -> None:
         self.add(self.start(data))
 
-    def start(self, data: Any) -> _Append:
+    def start(self, data: Any, hashed: Any = None) -> _Append:
         """Hash ``data`` (C-contiguous) as it is appended: :meth:`add` takes it in.
 
         Nothing changes until then, so an append that fails leaves the
-        stream as it was.
+        stream as it was. ``hashed``: ``(head, hashes)`` of its blocks from
+        :meth:`FieldSums.join`, used if they are the blocks this stream needs.
         """
         view = memoryview(data).cast("B")
         bb = self.block_bytes
-        head = min(-len(self.partial) % bb, len(view))
-        return _Append(view, head, head + (len(view) - head) // bb * bb, bb)
+        head = min(self.head(self.partial_len), len(view))
+        stop = head + (len(view) - head) // bb * bb
+        hashes = None
+        if hashed is not None and hashed[0] == head and len(hashed[1]) * bb == stop - head:
+            hashes = hashed[1]
+        return _Append(view, head, stop, bb, hashes)
+
+    def head(self, at: int) -> int:
+        """Bytes an append at byte ``at`` of the stream puts in its partly filled block."""
+        return -at % self.block_bytes
 
     def add(self, append: _Append) -> None:
         """Take in an append (its blocks not hashed yet are hashed here)."""
         hashes = append.hashes()
         view = append.view
         if append.head:
-            self.partial += view[: append.head]
-            if len(self.partial) == self.block_bytes:
-                self.pending.append(np.array([_hash(self.partial)], np.uint64))
-                self.partial.clear()
+            self.partial.update(view[: append.head])
+            self.partial_len += append.head
+            if self.partial_len == self.block_bytes:
+                self.pending.append(np.array([self.partial.intdigest()], np.uint64))
+                self.partial.reset()
+                self.partial_len = 0
                 self.full += 1
         self.pending.append(hashes)
         self.full += len(hashes)
-        self.partial += view[append.stop :]
+        if append.stop < len(view):
+            self.partial.update(view[append.stop :])
+            self.partial_len += len(view) - append.stop
 
     def entries(self, extra: bytes = b"") -> np.ndarray:
         """Entries ``stored`` onward of the stream followed by ``extra`` (not kept)."""
-        tail = hash_blocks(bytes(self.partial) + extra, self.block_bytes)
+        tail = np.empty(0, np.uint64)
+        if self.partial_len or extra:
+            room = self.block_bytes - self.partial_len
+            last = self.partial.copy()
+            last.update(extra[:room])
+            rest = hash_blocks(extra[room:], self.block_bytes)
+            tail = np.concatenate([np.array([last.intdigest()], np.uint64), rest])
         return np.concatenate([*self.pending, tail])
 
     def written(self) -> None:
@@ -439,10 +471,27 @@ class FieldSums:
         self._by_id[id(dset)] = stream
         return stream
 
+    def join(self, dset: h5py.Dataset, buffers: list[Any], out: np.ndarray) -> Any:
+        """Copy ``buffers`` into ``out`` (uint8), the bytes to append to ``dset`` next,
+        hashing each block they fill as it fills, in the CPU's cache: 2-4x
+        cheaper than hashing them later from memory. Returns what
+        :meth:`appending` takes as ``hashed``."""
+        stream = self._stream(dset)
+        head = stream.hasher.head(dset.shape[0] * stream.row_bytes)
+        bb = stream.hasher.block_bytes
+        if not _XXH3 or len(out) <= head:
+            _fast.join_buffers(buffers, out)
+            return None
+        hashes = np.empty((len(out) - head) // bb, np.uint64)
+        _fast.join_buffers(buffers, out, head, bb, hashes, _XXH3)
+        return head, hashes
+
     @contextmanager
-    def appending(self, dset: h5py.Dataset, data: np.ndarray, start: int) -> Iterator[None]:
+    def appending(
+        self, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
+    ) -> Iterator[None]:
         """Hash ``data`` while the ``with`` block appends it to ``dset``, which holds
-        ``start`` elements before.
+        ``start`` elements before (``hashed``: what :meth:`join` hashed of it).
 
         A large append is hashed by a helper thread, without the GIL, while
         HDF5 writes it, where hashing would take a large share of the writing
@@ -460,8 +509,8 @@ class FieldSums:
                 f"{dset.file.filename}: {dset.name} was cut below the bytes its checksums "
                 "cover; please report this as a bug"
             )
-        append = hasher.start(data)
-        whole = append.stop - append.head
+        append = hasher.start(data, hashed)
+        whole = 0 if append.hashed else append.stop - append.head
         share = stream.hashing_share(whole)
         if _XXH3 and whole >= THREAD_BYTES and share > HELPER_SHARE and _spare_cpu():
             append.help()
@@ -486,17 +535,32 @@ class FieldSums:
                 )
             entries = hasher.entries(_dataset_bytes(dset, hasher.length, end))
             if stream.table is None:
-                name = stream.name + spec.CHECKSUM_SUFFIX
-                table = dset.parent.get(name)
-                if table is None:
-                    table = dset.parent.create_dataset(
-                        name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype="<u8"
-                    )
-                if _block_bytes(table) != hasher.block_bytes:
-                    table.attrs[spec.ATTR_BLOCK_BYTES] = np.int64(hasher.block_bytes)
-                stream.table = table
+                stream.table = _table(dset, stream.name + spec.CHECKSUM_SUFFIX, hasher.block_bytes)
             _write_tail(stream.table, hasher.stored, entries)
             hasher.written()
+
+
+def _table(dset: h5py.Dataset, name: str, block_bytes: int) -> h5py.Dataset:
+    """The checksum table ``name`` beside ``dset``, made if missing, through
+    h5py's low-level calls where h5py's own take 0.2-0.5 ms (a few ms a file)."""
+    group = dset.parent
+    table = group.get(name)
+    if table is None:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((4096,))
+        dcpl.set_obj_track_times(False)  # as h5py does: the same rows make the same file
+        space = h5py.h5s.create_simple((0,), (h5py.h5s.UNLIMITED,))
+        table = h5py.Dataset(
+            h5py.h5d.create(group.id, name.encode(), h5py.h5t.STD_U64LE, space, dcpl=dcpl)
+        )
+    elif _block_bytes(table) == block_bytes:
+        return table
+    else:
+        table.attrs.pop(spec.ATTR_BLOCK_BYTES, None)
+    attr = spec.ATTR_BLOCK_BYTES.encode()
+    scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+    h5py.h5a.create(table.id, attr, h5py.h5t.STD_I64LE, scalar).write(np.array(block_bytes, "<i8"))
+    return table
 
 
 def _write_tail(table: h5py.Dataset, start: int, entries: np.ndarray) -> None:
@@ -510,10 +574,10 @@ def _write_tail(table: h5py.Dataset, start: int, entries: np.ndarray) -> None:
 
 
 def hashing(
-    sums: FieldSums | None, dset: h5py.Dataset, data: np.ndarray, start: int
+    sums: FieldSums | None, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
 ) -> AbstractContextManager[None]:
     """:meth:`FieldSums.appending`, or nothing for a writer without checksums."""
-    return nullcontext() if sums is None else sums.appending(dset, data, start)
+    return nullcontext() if sums is None else sums.appending(dset, data, start, hashed)
 
 
 # -- reading --------------------------------------------------------------------

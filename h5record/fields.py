@@ -352,10 +352,13 @@ class Field:
         """
         raise NotImplementedError
 
-    def convert_column(self, values: Any, first_row: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def convert_column(
+        self, values: Any, first_row: int
+    ) -> tuple[np.ndarray | Unjoined, np.ndarray | None]:
         """Check a whole column; return (flat values, lengths or None).
 
-        The values returned may share memory with ``values``.
+        The values returned may share memory with ``values``. Values checked
+        row by row come back :class:`Unjoined`, for the writer to join.
         """
         if self.variable:
             # A joined column (ImageSequence: frames of element_shape) is checked
@@ -363,14 +366,15 @@ class Field:
             if isinstance(values, Ragged) and values.values.shape[1:] == self.element_shape:
                 return self._ragged_column(values, first_row)
             if isinstance(self, (String, Bytes)):
-                from ._fast import join_text
+                from ._fast import encode_text
 
-                flat, lengths, bad = join_text(list(values), isinstance(self, String))
+                parts, lengths, bad = encode_text(list(values), isinstance(self, String))
                 if bad < 0:
-                    return flat, lengths
+                    return Unjoined(parts, self, int(lengths.sum())), lengths
                 self.convert(values[bad], first_row + bad)  # raises the precise error
             parts = [self.convert(v, first_row + i, copy=False) for i, v in enumerate(values)]
-            return _concat(parts, self), np.fromiter(map(len, parts), np.int64, len(parts))
+            lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+            return Unjoined(parts, self, int(lengths.sum())), lengths
         shape = self.element_shape
         arr = _column_array(values)
         if (
@@ -455,16 +459,41 @@ def _first_row(mask: np.ndarray) -> int:
     return int(np.argmax(mask.reshape(len(mask), -1).any(axis=1)))
 
 
-def _concat(parts: list[Any], field: Field) -> np.ndarray:
-    if (
-        field.dtype == np.uint8
-        and field.element_shape == ()
-        and all(isinstance(p, bytes) for p in parts)
-    ):
-        return np.frombuffer(b"".join(parts), np.uint8)
-    if not parts:
-        return np.empty((0, *field.element_shape), field.dtype)
-    return np.concatenate(parts).astype(field.dtype, copy=False)
+class Unjoined:
+    """The checked values of a variable field's rows, in order, not joined yet.
+
+    Each part is ``bytes`` or an array of the field's dtype and element
+    shape. Joining copies every byte once; the writer does it where it
+    knows where the bytes go in the file, to hash them in the same pass
+    (:func:`h5record._fast.join_buffers`).
+    """
+
+    __slots__ = ("dtype", "element_shape", "elements", "parts")
+
+    def __init__(self, parts: list[Any], field: Field, elements: int) -> None:
+        self.parts = parts
+        self.dtype = field.dtype
+        self.element_shape = field.element_shape
+        self.elements = elements  # along the first axis, all parts together
+
+    def __len__(self) -> int:
+        return self.elements
+
+    @property
+    def nbytes(self) -> int:
+        row = int(np.prod(self.element_shape, dtype=np.int64)) * self.dtype.itemsize
+        return self.elements * row
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.join() if dtype is None else self.join().astype(dtype, copy=False)
+
+    def join(self) -> np.ndarray:
+        """The values in one array."""
+        from ._fast import join_buffers
+
+        out = np.empty((self.elements, *self.element_shape), self.dtype)
+        join_buffers(self.parts, out.reshape(-1).view(np.uint8))
+        return out
 
 
 class String(Field):

@@ -33,13 +33,14 @@ from ._fast import (
     PACK_OTHER,
     PACK_UTF8,
     RowPacker,
+    join_buffers,
     null_mask,
 )
 from ._version import __version__
 from .checksums import FieldSums, hashing, metadata_hash
 from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
-from .fields import Field, Schema, Sequence, String
+from .fields import Field, Schema, Sequence, String, Unjoined
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
 FLUSH_BYTES = 16 << 20
@@ -117,7 +118,7 @@ class _Column:
         self.values.resize((self.end, *self.field.element_shape))
         self._open_appenders()
 
-    def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
+    def append_many(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> None:
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
@@ -125,14 +126,12 @@ class _Column:
         if not self.parts:
             return
         if self.field.variable:
-            flat = _join([p[0] for p in self.parts], self.field)
             lengths = np.concatenate([p[1] for p in self.parts])
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
             self.offsets_out.append(starts, self.sums)
-        else:
-            flat = _join([p[0] for p in self.parts], self.field)
+        flat, hashed = _join_hashed([p[0] for p in self.parts], self.field, self.sums, self.values)
         if len(flat):
-            self.values_out.append(flat, self.sums)
+            self.values_out.append(flat, self.sums, hashed)
             self.end += len(flat)
         self.parts.clear()
         self.pending_bytes = 0
@@ -215,8 +214,9 @@ class _ChunkAppender:
         self.row_shape = dset.shape[1:]
         self.zeros = (0,) * len(self.row_shape)
 
-    def append(self, data: np.ndarray, sums: FieldSums | None = None) -> None:
-        """Append ``data``, hashed into ``sums`` (None: no checksums)."""
+    def append(self, data: np.ndarray, sums: FieldSums | None = None, hashed: Any = None) -> None:
+        """Append ``data``, hashed into ``sums`` (None: no checksums); ``hashed``:
+        hashes of its blocks already made by :meth:`FieldSums.join`."""
         dset = self.dset
         start, n = dset.shape[0], len(data)
         if not n:
@@ -224,7 +224,7 @@ class _ChunkAppender:
         direct = self.direct and n >= self.chunk
         if direct:  # raw bytes go to the file as they are: in the dataset's own dtype
             data = np.ascontiguousarray(data, dtype=dset.dtype)
-        with hashing(sums, dset, data, start):
+        with hashing(sums, dset, data, start, hashed):
             dset.resize((start + n, *self.row_shape))
             if not direct:
                 dset[start:] = data
@@ -342,9 +342,11 @@ class _ZstdColumn:
         flat = np.frombuffer(raw, field.dtype, offset=4 * n)
         return flat.reshape((-1, *field.element_shape)).copy(), lengths
 
-    def append_many(self, flat: np.ndarray, lengths: np.ndarray | None) -> None:
+    def append_many(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> None:
         if self.plain is not None:
             self.plain.append_many(flat, lengths)
+        elif isinstance(flat, Unjoined):  # joined into memory of its own
+            self.parts.append((flat.join(), lengths))
         elif self.planned:
             self.parts.append((flat, lengths))
         else:  # kept until the plan: never the caller's own array
@@ -602,10 +604,30 @@ def _make_column(
     return column
 
 
-def _join(parts: list[np.ndarray], field: Field) -> np.ndarray:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts).astype(field.dtype, copy=False)
+def _join(parts: list[np.ndarray | Unjoined], field: Field) -> np.ndarray:
+    return _join_hashed(parts, field)[0]
+
+
+def _join_hashed(
+    parts: list[np.ndarray | Unjoined],
+    field: Field,
+    sums: FieldSums | None = None,
+    dset: h5py.Dataset | None = None,
+) -> tuple[np.ndarray, Any]:
+    """The values of ``parts`` in one array of the field's dtype (a part itself
+    if it is the only one); with ``sums``, and the hashes of the blocks they
+    fill appended to ``dset``, made as they are joined (None if not)."""
+    if len(parts) == 1 and not isinstance(parts[0], Unjoined):
+        return np.asarray(parts[0], field.dtype), None
+    buffers: list[Any] = []
+    for p in parts:
+        buffers.extend(p.parts if isinstance(p, Unjoined) else [np.asarray(p, field.dtype)])
+    out = np.empty((sum(len(p) for p in parts), *field.element_shape), field.dtype)
+    flat = out.reshape(-1).view(np.uint8)
+    if sums is None or dset is None:
+        join_buffers(buffers, flat)
+        return out, None
+    return out, sums.join(dset, buffers, flat)
 
 
 # Periodic commits (docs/FORMAT.md, section 9): by default every 60 seconds,

@@ -579,13 +579,61 @@ _join_values = st.lists(
 
 @settings(max_examples=50)
 @given(_join_values, st.booleans())
-def test_join_text_equals_oracle(values, text):
-    flat, lengths, bad = _fast.join_text(values, text)
+def test_encode_text_equals_oracle(values, text):
+    parts, lengths, bad = _fast.encode_text(values, text)
     want_flat, want_lengths, want_bad = _join_oracle(values, text)
     assert bad == want_bad
     if bad < 0:
-        assert flat.dtype == np.uint8 and flat.tobytes() == want_flat
+        assert all(type(p) is bytes for p in parts) and b"".join(parts) == want_flat
         assert lengths.tolist() == want_lengths
+
+
+_buffer_parts = st.lists(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.integers(-(2**31), 2**31 - 1), max_size=80).map(
+            lambda v: np.array(v, np.int32)
+        ),
+        # every other element: not C-contiguous
+        st.lists(st.integers(0, 2**16 - 1), max_size=80).map(lambda v: np.array(v, np.uint16)[::2]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200)
+@given(_buffer_parts, st.sampled_from([1, 7, 64, 256]), st.data())
+def test_join_buffers_copies_and_hashes_every_whole_block(parts, block_bytes, data):
+    import xxhash
+
+    from h5record.checksums import _XXH3
+
+    want = b"".join(p if isinstance(p, bytes) else p.tobytes() for p in parts)
+    out = np.empty(len(want), np.uint8)
+    _fast.join_buffers(parts, out)
+    assert out.tobytes() == want
+    if not _XXH3:
+        return
+    head = data.draw(st.integers(0, block_bytes - 1))
+    blocks = max(0, (len(want) - head) // block_bytes)
+    hashes = np.empty(blocks, np.uint64)
+    out[:] = 0
+    _fast.join_buffers(parts, out, head, block_bytes, hashes, _XXH3)
+    assert out.tobytes() == want
+    expected = [
+        xxhash.xxh3_64_intdigest(want[head + b * block_bytes : head + (b + 1) * block_bytes])
+        for b in range(blocks)
+    ]
+    assert hashes.tolist() == expected
+
+
+def test_join_buffers_refuses_parts_that_do_not_fill_out():
+    with pytest.raises(ValueError, match="more than the 3 bytes"):
+        _fast.join_buffers([b"ab", b"cd"], np.empty(3, np.uint8))
+    with pytest.raises(ValueError, match="hold 4 bytes, out 5"):
+        _fast.join_buffers([b"ab", b"cd"], np.empty(5, np.uint8))
+    with pytest.raises(ValueError, match="one entry per block"):
+        _fast.join_buffers([b"abcd"], np.empty(4, np.uint8), 0, 2, np.empty(1, np.uint64), 1)
 
 
 # -- RowPacker: the writer's per-row converter against the fields' convert() -----------------
