@@ -18,7 +18,9 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport (
+    PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
+)
 from cpython.pythread cimport PyThread_get_thread_ident
 
 cimport numpy as cnp
@@ -2063,11 +2065,13 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
     end = head + block_bytes  # where block b ends in out
     for part in parts:
         try:
-            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS)
+            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         except (BufferError, ValueError):  # numpy raises ValueError
             part = np.ascontiguousarray(part)
-            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS)
+            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         try:
+            if view.format != NULL and b"O" in <bytes>view.format:
+                raise TypeError("parts must hold numbers or bytes, not Python objects")
             if view.len > n - pos:
                 raise ValueError(f"the parts hold more than the {n} bytes of out")
             src = <const uint8_t*>view.buf
@@ -2087,7 +2091,6 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
             PyBuffer_Release(&view)
     if pos != n:
         raise ValueError(f"the parts hold {pos} bytes, out {n}")
-    return out
 
 
 def encode_text(list values, bint text):

@@ -499,6 +499,8 @@ class FieldSums:
         block succeeds.
         """
         stream = self._stream(dset)
+        if getattr(data, "dtype", None) != stream.dtype:  # other bytes than join() hashed
+            hashed = None
         data = np.ascontiguousarray(data, stream.dtype)
         hasher = stream.hasher
         before = start * stream.row_bytes

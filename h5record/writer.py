@@ -125,11 +125,12 @@ class _Column:
     def flush(self, final: bool = False) -> None:
         if not self.parts:
             return
+        # Joined first: a join that fails (out of memory) has written nothing.
+        flat, hashed = _join_hashed([p[0] for p in self.parts], self.field, self.sums, self.values)
         if self.field.variable:
             lengths = np.concatenate([p[1] for p in self.parts])
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
             self.offsets_out.append(starts, self.sums)
-        flat, hashed = _join_hashed([p[0] for p in self.parts], self.field, self.sums, self.values)
         if len(flat):
             self.values_out.append(flat, self.sums, hashed)
             self.end += len(flat)

@@ -282,6 +282,31 @@ def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(tmp_path, mo
     assert verify_file(str(path)).ok
 
 
+def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
+    """Out of memory while joining a column: the commit on the way out of the ``with``
+    block writes every row given, once, with its checksums."""
+    import h5record.writer as writer
+
+    join, calls = writer._join_hashed, []
+
+    def failing(parts, field, sums=None, dset=None):
+        calls.append(field.name)
+        if calls.count("text") == 2:
+            raise MemoryError("the joined column")
+        return join(parts, field, sums, dset)
+
+    monkeypatch.setattr(writer, "_join_hashed", failing)
+    path = tmp_path / "f.h5"
+    schema = [String("text"), Sequence("tokens", dtype="int32")]
+    with pytest.raises(MemoryError), H5Writer(path, schema, progress=False) as w:
+        for letter in "ab":
+            w.write_batch({"text": [letter * 10] * 5, "tokens": [np.arange(3, dtype=np.int32)] * 5})
+    partial = f"{path}.partial"
+    spec_check(partial)
+    with H5Dataset(partial, partial=True, verify=True) as ds:
+        assert [ds[i]["text"] for i in range(len(ds))] == ["a" * 10] * 5 + ["b" * 10] * 5
+
+
 # -- round trips ----------------------------------------------------------------
 
 

@@ -634,6 +634,8 @@ def test_join_buffers_refuses_parts_that_do_not_fill_out():
         _fast.join_buffers([b"ab", b"cd"], np.empty(5, np.uint8))
     with pytest.raises(ValueError, match="one entry per block"):
         _fast.join_buffers([b"abcd"], np.empty(4, np.uint8), 0, 2, np.empty(1, np.uint64), 1)
+    with pytest.raises(TypeError, match="not Python objects"):  # their pointers
+        _fast.join_buffers([np.array([b"x"], object)], np.empty(8, np.uint8))
 
 
 # -- RowPacker: the writer's per-row converter against the fields' convert() -----------------
