@@ -477,7 +477,9 @@ class FieldSums:
         cheaper than hashing them later from memory. Returns what
         :meth:`appending` takes as ``hashed``."""
         stream = self._stream(dset)
-        head = stream.hasher.head(dset.shape[0] * stream.row_bytes)
+        # Where the stream ends now: if the dataset holds more (a zstd tail, read
+        # back when appended), appending() finds another head and hashes itself.
+        head = stream.hasher.head(stream.hasher.length)
         bb = stream.hasher.block_bytes
         if not _XXH3 or len(out) <= head:
             _fast.join_buffers(buffers, out)
