@@ -4,11 +4,13 @@ Writing, :class:`FieldSums` hashes the bytes each dataset of a field receives,
 in order, from the writer's own buffers (hashing memory is ~20x faster than
 reading the data back from HDF5), and writes at each commit only the
 entries that changed: those of the blocks filled since the last commit and
-of the partly filled last block. Blocks are hashed by a compiled loop
-without the GIL; a large append is hashed on a helper thread beside HDF5's
-write of the same bytes when a CPU is idle: xxh3 runs at ~10 GB/s from
-memory, a tenth of the time HDF5 takes to write 12-16 KB rows, which only
-an idle core hides.
+of the partly filled last block. Rows the writer joins into one buffer are
+hashed block by block as the join fills them (:meth:`FieldSums.join`),
+while they are in the CPU's cache. Other appends are hashed by a compiled
+loop without the GIL; a large one on a helper thread beside HDF5's write of
+the same bytes when a CPU is idle: xxh3 runs at ~10 GB/s from memory, a
+tenth of the time HDF5 takes to write 12-16 KB rows, which only an idle
+core hides.
 
 Reading, :class:`Verifier` checks the blocks under the bytes that rows are
 decoded from, each block once, through the same chunk addresses and the
