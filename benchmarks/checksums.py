@@ -76,10 +76,11 @@ def write(path: str, schema: list, columns: dict, checksums: bool) -> tuple[floa
 def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
     """The share of the writing thread's CPU time spent in the checksum code
     (hashing what it hashes itself, and keeping the tables), median of ``repeat``
-    pairs of writes: the cost without the noise of a shared machine, but without
-    the effects on caches and memory bandwidth either. Rows the writer joins are
-    hashed as they are joined: there the cost is the join's time with checksums
-    less the time of the joins of a write without them, made next to it."""
+    pairs of writes made side by side (their order alternating): steadier than
+    the whole write's time on a shared machine, but without most effects on
+    caches and memory bandwidth. The values of variable-length columns are
+    hashed as the writer joins them: there the cost is the join's time with
+    checksums less the joins' time of the write without them."""
     from h5record import writer
     from h5record.checksums import FieldSums
 
@@ -106,19 +107,23 @@ def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
 
         return timed_function
 
-    def share(checksums: bool) -> float:
+    def timed_write(checksums: bool) -> tuple[float, float]:
+        """Seconds in the timed code, and of the whole write (writing thread)."""
         spent[0] = 0.0
         start = time.thread_time()
         write(path, schema, columns, checksums)
-        return spent[0] / (time.thread_time() - start)
+        return spent[0], time.thread_time() - start
 
     shares = []
     FieldSums.appending, FieldSums.commit = timed_appending, timed(commit)  # type: ignore[method-assign]
     FieldSums.join = timed(join)  # type: ignore[method-assign]
-    writer.join_buffers = timed(plain_join)  # the writer's joins without checksums
+    writer.join_buffers = timed(plain_join)  # the joins of a write without checksums
     try:
-        for _ in range(repeat):
-            shares.append(share(True) - share(False))
+        for r in range(repeat):
+            order = (True, False) if r % 2 == 0 else (False, True)
+            runs = {checksums: timed_write(checksums) for checksums in order}
+            (own, total), (joins, _) = runs[True], runs[False]
+            shares.append((own - joins) / total)
     finally:
         FieldSums.appending, FieldSums.commit, FieldSums.join = appending, commit, join  # type: ignore[method-assign]
         writer.join_buffers = plain_join

@@ -2047,8 +2047,8 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
     With ``block_bytes``, also hash every whole ``block_bytes`` block of
     ``out`` from byte ``head`` on into ``hashes`` (XXH3-64, through the C
     function at ``xxh3_64``), each as soon as its last byte is copied: the
-    block is then in the CPU's cache, which makes hashing it 2-4x cheaper
-    than a later pass over memory. ``parts`` must fill ``out`` exactly; a
+    block is then in the CPU's cache, which makes hashing it cheaper than a
+    later pass over memory. ``parts`` must fill ``out`` exactly; a
     part that is not C-contiguous is made so first.
     """
     cdef Py_ssize_t n = out.shape[0], pos = 0, b = 0, nb = 0, take, end, k
@@ -2097,9 +2097,9 @@ def encode_text(list values, bint text):
     """The bytes of a column of str (``text``, as UTF-8) or bytes values.
 
     Returns ``(parts, lengths, bad)``: a list of each value's bytes, each
-    one's length, and the index of the first value that is not a str
-    (bytes) or cannot be encoded, -1 if none (parts and lengths are then
-    None). The parts are joined by :func:`join_buffers`.
+    one's length, and -1; or, if a value is not a str (bytes) or cannot be
+    encoded, ``(None, None, its index)``. The parts are joined by
+    :func:`join_buffers`.
     """
     cdef Py_ssize_t j, n = len(values)
     cdef list parts = PyList_New(n)

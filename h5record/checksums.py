@@ -4,10 +4,11 @@ Writing, :class:`FieldSums` hashes the bytes each dataset of a field receives,
 in order, from the writer's own buffers (hashing memory is ~20x faster than
 reading the data back from HDF5), and writes at each commit only the
 entries that changed: those of the blocks filled since the last commit and
-of the partly filled last block. Rows the writer joins into one buffer are
-hashed block by block as the join fills them (:meth:`FieldSums.join`),
+of the partly filled last block. The values of a variable-length column
+given to ``write_batch`` (checked row by row, then joined into one buffer)
+are hashed block by block as the join fills them (:meth:`FieldSums.join`),
 while they are in the CPU's cache. Other appends are hashed by a compiled
-loop without the GIL; a large one on a helper thread beside HDF5's write of
+loop without the GIL; a large one on a helper thread during HDF5's write of
 the same bytes when a CPU is idle: xxh3 runs at ~10 GB/s from memory, a
 tenth of the time HDF5 takes to write 12-16 KB rows, which only an idle
 core hides.
@@ -57,7 +58,8 @@ PIECE_BYTES = 1 << 20
 # thread's CPU time against a writer without checksums: text and token rows
 # (conversion-bound, a 5 MB append of tokens every ~14 ms) +3.4% hashing
 # inline and +5.2% with a helper; 12 KB images (6 MB every ~7 ms) +11% inline
-# and +3% with a helper.
+# and +3% with a helper. (Token rows given to write_batch are now hashed as
+# they are joined, and get no helper.)
 HELPER_SHARE = 0.05
 HASH_BYTES_PER_S = 10e9
 
@@ -474,20 +476,22 @@ class FieldSums:
         return stream
 
     def join(self, dset: h5py.Dataset, buffers: list[Any], out: np.ndarray) -> Any:
-        """Copy ``buffers`` into ``out`` (uint8), the bytes to append to ``dset`` next,
-        hashing each block they fill as it fills, in the CPU's cache: 2-4x
-        cheaper than hashing them later from memory. Returns what
-        :meth:`appending` takes as ``hashed``."""
+        """Copy ``buffers`` into ``out``, the values to append to ``dset`` next,
+        hashing each block they fill as it fills, while it is in the CPU's cache
+        (cheaper than a second pass over memory). Returns what :meth:`appending`
+        takes as ``hashed``, or None where the values would be converted to
+        the dataset's dtype (a file not written by h5record) or no C hash is at hand."""
         stream = self._stream(dset)
-        # Where the stream ends now: if the dataset holds more (a zstd tail, read
-        # back when appended), appending() finds another head and hashes itself.
+        flat = out.reshape(-1).view(np.uint8)
+        # Where the stream ends now; appending() checks that the append starts
+        # there (after a failed append it does not) and else hashes itself.
         head = stream.hasher.head(stream.hasher.length)
         bb = stream.hasher.block_bytes
-        if not _XXH3 or len(out) <= head:
-            _fast.join_buffers(buffers, out)
+        if not _XXH3 or out.dtype != stream.dtype or len(flat) <= head:
+            _fast.join_buffers(buffers, flat)
             return None
-        hashes = np.empty((len(out) - head) // bb, np.uint64)
-        _fast.join_buffers(buffers, out, head, bb, hashes, _XXH3)
+        hashes = np.empty((len(flat) - head) // bb, np.uint64)
+        _fast.join_buffers(buffers, flat, head, bb, hashes, _XXH3)
         return head, hashes
 
     @contextmanager

@@ -485,6 +485,8 @@ class Unjoined:
         return self.elements * row
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("the rows of an Unjoined column are joined by a copy")
         return self.join() if dtype is None else self.join().astype(dtype, copy=False)
 
     def join(self) -> np.ndarray:

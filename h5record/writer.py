@@ -562,7 +562,10 @@ class _Nullable:
         self.column.sums = self.validity.sums = sums
 
     def append_many(
-        self, flat: np.ndarray, lengths: np.ndarray | None, valid: np.ndarray | None = None
+        self,
+        flat: np.ndarray | Unjoined,
+        lengths: np.ndarray | None,
+        valid: np.ndarray | None = None,
     ) -> None:
         self.column.append_many(flat, lengths)
         self.validity.append(valid, len(flat) if lengths is None else len(lengths))
@@ -624,11 +627,10 @@ def _join_hashed(
     for p in parts:
         buffers.extend(p.parts if isinstance(p, Unjoined) else [np.asarray(p, field.dtype)])
     out = np.empty((sum(len(p) for p in parts), *field.element_shape), field.dtype)
-    flat = out.reshape(-1).view(np.uint8)
     if sums is None or dset is None:
-        join_buffers(buffers, flat)
+        join_buffers(buffers, out.reshape(-1).view(np.uint8))
         return out, None
-    return out, sums.join(dset, buffers, flat)
+    return out, sums.join(dset, buffers, out)
 
 
 # Periodic commits (docs/FORMAT.md, section 9): by default every 60 seconds,

@@ -282,6 +282,24 @@ def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(tmp_path, mo
     assert verify_file(str(path)).ok
 
 
+@pytest.mark.parametrize("dtype", ["<i4", ">i4", "<f4"])
+def test_joined_rows_hashed_for_a_dataset_of_another_dtype(tmp_path, dtype):
+    """Rows joined in the field's dtype and converted to the dataset's (a file not
+    written by h5record) are hashed as the dataset holds them."""
+    from h5record.writer import _ChunkAppender, _join_hashed
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        dset = f.create_dataset("values", (0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
+        sums = checksums.FieldSums([dset])
+        parts = [np.arange(k * 50_000, (k + 1) * 50_000, dtype="<i4") for k in range(2)]
+        flat, hashed = _join_hashed(parts, Sequence("s", dtype="int32"), sums, dset)
+        assert (hashed is not None) == (dtype == "<i4")
+        _ChunkAppender(dset).append(flat, sums, hashed)
+        sums.commit([dset])
+        stored = np.ascontiguousarray(dset[()]).tobytes()
+        assert f["values_xxh3"][()].tolist() == _blocks(stored, spec.CHECKSUM_BLOCK_BYTES)
+
+
 def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
     """Out of memory while joining a column: the commit on the way out of the ``with``
     block writes every row given, once, with its checksums."""
