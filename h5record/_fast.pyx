@@ -2052,6 +2052,7 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
     part that is not C-contiguous is made so first.
     """
     cdef Py_ssize_t n = out.shape[0], pos = 0, b = 0, nb = 0, take, end, k
+    cdef bint held
     cdef Py_buffer view
     cdef const uint8_t* src
     cdef uint8_t* dst = &out[0] if n else NULL
@@ -2064,18 +2065,30 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
         check_hash_args(nb * block_bytes, block_bytes, hashes.shape[0], xxh3_64)
     end = head + block_bytes  # where block b ends in out
     for part in parts:
-        try:
-            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except (BufferError, ValueError):  # numpy raises ValueError
-            part = np.ascontiguousarray(part)
-            PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        try:
-            if view.format != NULL and b"O" in <bytes>view.format:
-                raise TypeError("parts must hold numbers or bytes, not Python objects")
-            if view.len > n - pos:
-                raise ValueError(f"the parts hold more than the {n} bytes of out")
+        # bytes and contiguous numeric arrays directly: numpy's buffer export
+        # builds a format string for each (a 512-byte row costs more than its copy)
+        held = False
+        if type(part) is bytes:
+            src = <const uint8_t*>PyBytes_AS_STRING(part)
+            take = PyBytes_GET_SIZE(part)
+        elif (type(part) is np.ndarray and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>part)
+              and cnp.PyArray_ISNUMBER(<cnp.ndarray>part)):
+            src = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>part)
+            take = cnp.PyArray_NBYTES(<cnp.ndarray>part)
+        else:
+            try:
+                PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            except (BufferError, ValueError):  # numpy raises ValueError
+                part = np.ascontiguousarray(part)
+                PyObject_GetBuffer(part, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            held = True
             src = <const uint8_t*>view.buf
             take = view.len
+        try:
+            if held and view.format != NULL and b"O" in <bytes>view.format:
+                raise TypeError("parts must hold numbers or bytes, not Python objects")
+            if take > n - pos:
+                raise ValueError(f"the parts hold more than the {n} bytes of out")
             while take:
                 # Up to the end of the block being filled, then hash it.
                 k = min(take, end - pos) if b < nb else take
@@ -2088,7 +2101,8 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
                     b += 1
                     end += block_bytes
         finally:
-            PyBuffer_Release(&view)
+            if held:
+                PyBuffer_Release(&view)
     if pos != n:
         raise ValueError(f"the parts hold {pos} bytes, out {n}")
 
