@@ -2071,7 +2071,7 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
         if type(part) is bytes:
             src = <const uint8_t*>PyBytes_AS_STRING(part)
             take = PyBytes_GET_SIZE(part)
-        elif (type(part) is np.ndarray and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>part)
+        elif (cnp.PyArray_CheckExact(part) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>part)
               and cnp.PyArray_ISNUMBER(<cnp.ndarray>part)):
             src = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>part)
             take = cnp.PyArray_NBYTES(<cnp.ndarray>part)
