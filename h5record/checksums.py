@@ -499,7 +499,8 @@ class FieldSums:
         self, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
     ) -> Iterator[None]:
         """Hash ``data`` while the ``with`` block appends it to ``dset``, which holds
-        ``start`` elements before (``hashed``: what :meth:`join` hashed of it).
+        ``start`` elements before (``hashed``: what :meth:`join` hashed of it, which
+        made it only for values in the dataset's dtype).
 
         A large append is hashed by a helper thread, without the GIL, while
         HDF5 writes it, where hashing would take a large share of the writing
@@ -507,8 +508,6 @@ class FieldSums:
         block succeeds.
         """
         stream = self._stream(dset)
-        if getattr(data, "dtype", None) != stream.dtype:  # other bytes than join() hashed
-            hashed = None
         data = np.ascontiguousarray(data, stream.dtype)
         hasher = stream.hasher
         before = start * stream.row_bytes
