@@ -21,7 +21,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -75,7 +74,7 @@ def write(path: str, schema: list, columns: dict, checksums: bool) -> tuple[floa
 
 def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
     """The share of the writing thread's CPU time spent in the checksum code
-    (hashing what it hashes itself, and keeping the tables), median of ``repeat``
+    (hashing what it hashes itself, and making and keeping the tables), median of ``repeat``
     pairs of writes made side by side (their order alternating): steadier than
     the whole write's time on a shared machine, but without most effects on
     caches and memory bandwidth. The values of variable-length columns are
@@ -85,23 +84,14 @@ def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
     from h5record.checksums import FieldSums
 
     spent = [0.0]
-    appending, commit, join = FieldSums.appending, FieldSums.commit, FieldSums.join
-    plain_join = writer.join_buffers
-
-    @contextmanager
-    def timed_appending(self, *args):  # type: ignore[no-untyped-def]
-        start = time.thread_time()
-        with appending(self, *args):
-            spent[0] += time.thread_time() - start
-            yield
-            start = time.thread_time()
-        spent[0] += time.thread_time() - start
+    saved = {name: getattr(FieldSums, name) for name in ("__init__", "begin", "commit", "join")}
+    end, plain_join = FieldSums.end, writer.join_buffers
 
     def timed(function):  # type: ignore[no-untyped-def]
-        def timed_function(*args):  # type: ignore[no-untyped-def]
+        def timed_function(*args, **kwargs):  # type: ignore[no-untyped-def]
             start = time.thread_time()
             try:
-                return function(*args)
+                return function(*args, **kwargs)
             finally:
                 spent[0] += time.thread_time() - start
 
@@ -115,8 +105,9 @@ def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
         return spent[0], time.thread_time() - start
 
     shares = []
-    FieldSums.appending, FieldSums.commit = timed_appending, timed(commit)  # type: ignore[method-assign]
-    FieldSums.join = timed(join)  # type: ignore[method-assign]
+    for name, method in saved.items():
+        setattr(FieldSums, name, timed(method))
+    FieldSums.end = staticmethod(timed(end))  # type: ignore[method-assign]
     writer.join_buffers = timed(plain_join)  # the joins of a write without checksums
     try:
         for r in range(repeat):
@@ -125,7 +116,9 @@ def own_share(path: str, schema: list, columns: dict, repeat: int = 5) -> float:
             (own, total), (joins, _) = runs[True], runs[False]
             shares.append((own - joins) / total)
     finally:
-        FieldSums.appending, FieldSums.commit, FieldSums.join = appending, commit, join  # type: ignore[method-assign]
+        for name, method in saved.items():
+            setattr(FieldSums, name, method)
+        FieldSums.end = staticmethod(end)  # type: ignore[method-assign]
         writer.join_buffers = plain_join
     return statistics.median(shares)
 

@@ -117,6 +117,7 @@ def join_buffers(
     block_bytes: int = ...,
     hashes: npt.NDArray[np.uint64] | None = ...,
     xxh3_64: int = ...,
+    start: int = ...,
 ) -> None: ...
 def encode_text(
     values: list[Any], text: bool

@@ -2041,17 +2041,19 @@ def hash_pieces(const uint8_t[::1] data, Py_ssize_t block_bytes, uint64_t[::1] o
 
 
 def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t block_bytes=0,
-                 uint64_t[::1] hashes=None, size_t xxh3_64=0):
-    """Copy the bytes of ``parts`` (bytes or arrays) back to back into ``out``.
+                 uint64_t[::1] hashes=None, size_t xxh3_64=0, Py_ssize_t start=0):
+    """Copy the bytes of ``parts`` (bytes or arrays) back to back into ``out[start:]``.
 
     With ``block_bytes``, also hash every whole ``block_bytes`` block of
     ``out`` from byte ``head`` on into ``hashes`` (XXH3-64, through the C
     function at ``xxh3_64``), each as soon as its last byte is copied: the
     block is then in the CPU's cache, which makes hashing it cheaper than a
-    later pass over memory. ``parts`` must fill ``out`` exactly; a
+    later pass over memory. ``out[:start]`` was filled before (by an earlier
+    join into the same buffer); the first block may begin there, but must
+    end past ``start``. ``parts`` must fill ``out[start:]`` exactly; a
     part that is not C-contiguous is made so first.
     """
-    cdef Py_ssize_t n = out.shape[0], pos = 0, b = 0, nb = 0, take, end, k
+    cdef Py_ssize_t n = out.shape[0], pos = start, b = 0, nb = 0, take, end, k
     cdef bint held
     cdef Py_buffer view
     cdef const uint8_t* src
@@ -2063,6 +2065,10 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
             raise ValueError("hashing needs a head >= 0 and a hashes array")
         nb = (n - head) // block_bytes if n > head else 0
         check_hash_args(nb * block_bytes, block_bytes, hashes.shape[0], xxh3_64)
+        if nb and head + block_bytes <= start:
+            raise ValueError("the first block to hash must end past start")
+    if start < 0 or start > n:
+        raise ValueError(f"start must lie in out (0..{n}), got {start}")
     end = head + block_bytes  # where block b ends in out
     for part in parts:
         # bytes and contiguous numeric arrays directly: numpy's buffer export
@@ -2088,7 +2094,7 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
             if held and view.format != NULL and b"O" in <bytes>view.format:
                 raise TypeError("parts must hold numbers or bytes, not Python objects")
             if take > n - pos:
-                raise ValueError(f"the parts hold more than the {n} bytes of out")
+                raise ValueError(f"the parts hold more than the {n - start} bytes of out")
             while take:
                 # Up to the end of the block being filled, then hash it.
                 k = min(take, end - pos) if b < nb else take
@@ -2104,7 +2110,7 @@ def join_buffers(list parts, uint8_t[::1] out, Py_ssize_t head=0, Py_ssize_t blo
             if held:
                 PyBuffer_Release(&view)
     if pos != n:
-        raise ValueError(f"the parts hold {pos} bytes, out {n}")
+        raise ValueError(f"the parts hold {pos - start} bytes, out {n - start}")
 
 
 def encode_text(list values, bint text):

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,12 +235,14 @@ class _Append:
 
     def __init__(
         self,
+        hasher: StreamHasher,
         view: memoryview,
         head: int,
         stop: int,
         block_bytes: int,
         hashes: np.ndarray | None = None,
     ) -> None:
+        self.hasher = hasher  # the stream it is appended to
         self.view = view
         self.head = head  # bytes that go into the stream's partly filled block
         self.stop = stop  # view[head:stop] are whole blocks
@@ -324,7 +326,7 @@ class StreamHasher:
         hashes = None
         if hashed is not None and hashed[0] == head and len(hashed[1]) * bb == stop - head:
             hashes = hashed[1]
-        return _Append(view, head, stop, bb, hashes)
+        return _Append(self, view, head, stop, bb, hashes)
 
     def head(self, at: int) -> int:
         """Bytes an append at byte ``at`` of the stream puts in its partly filled block."""
@@ -475,37 +477,77 @@ class FieldSums:
         self._by_id[id(dset)] = stream
         return stream
 
-    def join(self, dset: h5py.Dataset, buffers: list[Any], out: np.ndarray) -> Any:
-        """Copy ``buffers`` into ``out``, the values to append to ``dset`` next,
-        hashing each block they fill as it fills, while it is in the CPU's cache
-        (cheaper than a second pass over memory). Returns what :meth:`appending`
-        takes as ``hashed``, or None where the values would be converted to
-        the dataset's dtype (a file not written by h5record) or no C hash is at hand."""
+    def join(
+        self,
+        dset: h5py.Dataset,
+        buffers: list[Any],
+        out: np.ndarray,
+        start: int = 0,
+        before: Any = None,
+    ) -> Any:
+        """Copy ``buffers`` into ``out`` from byte ``start`` on: ``out`` holds the values
+        to append to ``dset`` next, ``out[:start]`` those of earlier joins, which
+        returned ``before``. Each block the values fill is hashed as it fills,
+        while it is in the CPU's cache (cheaper than a second pass over memory).
+
+        Returns what :meth:`hashed` turns into the ``hashed`` argument of
+        :meth:`begin`, or None where the values would be converted to the
+        dataset's dtype (a file not written by h5record), no C hash is at hand,
+        or the earlier joins were not hashed."""
         stream = self._stream(dset)
         flat = out.reshape(-1).view(np.uint8)
-        # Where the stream ends now; appending() checks that the append starts
-        # there (after a failed append it does not) and else hashes itself.
-        head = stream.hasher.head(stream.hasher.length)
-        bb = stream.hasher.block_bytes
-        if not _XXH3 or out.dtype != stream.dtype or len(flat) <= head:
-            _fast.join_buffers(buffers, flat)
+        if not _XXH3 or out.dtype != stream.dtype or (start and before is None):
+            _fast.join_buffers(buffers, flat, start=start)
             return None
-        hashes = np.empty((len(flat) - head) // bb, np.uint64)
-        _fast.join_buffers(buffers, flat, head, bb, hashes, _XXH3)
-        return head, hashes
+        bb = stream.hasher.block_bytes
+        if before is None:
+            # Where the stream ends now; begin() checks that the append starts
+            # there (after a failed append it does not) and else hashes itself.
+            before = (stream.hasher.head(stream.hasher.length), [], 0)
+        head, done, blocks = before
+        first = head + blocks * bb  # the first block not hashed yet
+        if len(flat) < first + bb:  # it does not fill
+            _fast.join_buffers(buffers, flat, start=start)
+            return before
+        base = min(first, start)
+        region = flat[base:]
+        hashes = np.empty((len(region) - (first - base)) // bb, np.uint64)
+        _fast.join_buffers(buffers, region, first - base, bb, hashes, _XXH3, start - base)
+        return head, [*done, hashes], blocks + len(hashes)
 
-    @contextmanager
-    def appending(
-        self, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
-    ) -> Iterator[None]:
-        """Hash ``data`` while the ``with`` block appends it to ``dset``, which holds
-        ``start`` elements before (``hashed``: what :meth:`join` hashed of it, which
-        made it only for values in the dataset's dtype).
+    @staticmethod
+    def hashed(joined: Any) -> Any:
+        """The ``hashed`` argument of :meth:`begin` from what :meth:`join` returned."""
+        if joined is None:
+            return None
+        head, done, _ = joined
+        return head, np.concatenate(done) if done else np.empty(0, np.uint64)
+
+    @staticmethod
+    def hash_when_joining() -> bool:
+        """Whether values joined now for a large append later are best hashed as they
+        are joined (:meth:`join`), or, where a CPU is likely idle, by a helper
+        thread while HDF5 writes them (``helper`` of :meth:`begin`)."""
+        return not (_XXH3 and _spare_cpu())
+
+    def begin(
+        self,
+        dset: h5py.Dataset,
+        data: np.ndarray,
+        start: int,
+        hashed: Any = None,
+        helper: bool = False,
+    ) -> _Append:
+        """Start hashing ``data``, to be appended to ``dset``, which holds ``start``
+        elements before (``hashed``: what :meth:`join` hashed of it, which made
+        it only for values in the dataset's dtype). Once the append succeeded,
+        :meth:`end` takes it into the checksums; an append that fails is
+        never ended.
 
         A large append is hashed by a helper thread, without the GIL, while
-        HDF5 writes it, where hashing would take a large share of the writing
-        thread's time and a CPU is idle; the checksums take it in only if the
-        block succeeds.
+        HDF5 writes it, where a CPU is idle and hashing would take a large
+        share of the writing thread's time, or the values were left to a
+        helper (``helper``) when joined.
         """
         stream = self._stream(dset)
         data = np.ascontiguousarray(data, stream.dtype)
@@ -521,10 +563,23 @@ class FieldSums:
         append = hasher.start(data, hashed)
         whole = 0 if append.hashed else append.stop - append.head
         share = stream.hashing_share(whole)
-        if _XXH3 and whole >= THREAD_BYTES and share > HELPER_SHARE and _spare_cpu():
+        if _XXH3 and whole >= THREAD_BYTES and (helper or share > HELPER_SHARE) and _spare_cpu():
             append.help()
+        return append
+
+    @staticmethod
+    def end(append: _Append) -> None:
+        """Take a successful append begun by :meth:`begin` into the checksums."""
+        append.hasher.add(append)
+
+    @contextmanager
+    def appending(
+        self, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
+    ) -> Iterator[None]:
+        """:meth:`begin` and :meth:`end` around a ``with`` block that appends ``data``."""
+        append = self.begin(dset, data, start, hashed)
         yield
-        hasher.add(append)
+        self.end(append)
 
     def commit(self, datasets: list[h5py.Dataset]) -> None:
         """Write the entries that changed since the last commit into ``<dataset>_xxh3``.
@@ -580,13 +635,6 @@ def _write_tail(table: h5py.Dataset, start: int, entries: np.ndarray) -> None:
         space = table.id.get_space()
         space.select_hyperslab((start,), (len(entries),))
         table.id.write(h5py.h5s.create_simple((len(entries),)), space, entries)
-
-
-def hashing(
-    sums: FieldSums | None, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
-) -> AbstractContextManager[None]:
-    """:meth:`FieldSums.appending`, or nothing for a writer without checksums."""
-    return nullcontext() if sums is None else sums.appending(dset, data, start, hashed)
 
 
 # -- reading --------------------------------------------------------------------

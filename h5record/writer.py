@@ -37,7 +37,7 @@ from ._fast import (
     null_mask,
 )
 from ._version import __version__
-from .checksums import FieldSums, hashing, metadata_hash
+from .checksums import FieldSums, metadata_hash
 from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_error
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, Sequence, String, Unjoined
@@ -71,6 +71,13 @@ class _Column:
         self.parts: list[Any] = []  # joined (flat, lengths) pieces, not yet written
         self.pending_bytes = 0
         self.sums: FieldSums | None = None  # set by a writer with checksums
+        # write_batch columns joined as they arrive, into a buffer that flushes
+        # reuse (only while no part waits: the file gets the rows in order)
+        self.stage = np.empty(0, np.uint8)
+        self.staged = 0  # bytes of stage in use
+        self.stage_lengths: list[np.ndarray] = []
+        self.stage_joined: Any = None  # what FieldSums.join hashed of stage[:staged]
+        self.stage_helper = False  # its values are left to a helper thread to hash
         if rows is not None:
             self._open(group, rows)
             return
@@ -118,36 +125,117 @@ class _Column:
         self.values.resize((self.end, *self.field.element_shape))
         self._open_appenders()
 
-    def append_many(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> None:
+    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
+        """Join the rows of a write_batch column into the stage, past the rows it
+        holds: :meth:`append_many` takes them in (an error before leaves the
+        column as it was). Returns ``flat`` itself where they are not staged."""
+        if not isinstance(flat, Unjoined) or self.parts:
+            return flat
+        need = self.staged + flat.nbytes
+        if need > len(self.stage):
+            grown = np.empty(max(need, min(2 * len(self.stage), need + FLUSH_BYTES)), np.uint8)
+            grown[: self.staged] = self.stage[: self.staged]
+            self.stage = grown
+        if not self.staged:
+            self.stage_helper = self.sums is not None and not self.sums.hash_when_joining()
+        if self.sums is None or self.stage_helper:
+            join_buffers(flat.parts, self.stage[:need], start=self.staged)
+            joined = None
+        else:
+            out = self.stage[:need].view(self.field.dtype)
+            joined = self.sums.join(self.values, flat.parts, out, self.staged, self.stage_joined)
+        return _StagedRows(self.staged, need, joined)
+
+    def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
+        if isinstance(flat, _StagedRows):
+            assert flat.start == self.staged, "rows staged out of turn"
+            self.pending_bytes += flat.stop - flat.start
+            self.staged, self.stage_joined = flat.stop, flat.joined
+            self.stage_lengths.append(lengths)
+            return
+        self._unstage()
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
-    def flush(self, final: bool = False) -> None:
+    def _staged_values(self) -> np.ndarray:
+        values = self.stage[: self.staged].view(self.field.dtype)
+        return values.reshape((-1, *self.field.element_shape))
+
+    def _unstage(self) -> None:
+        """Make the staged rows an ordinary part, before a part of other rows."""
+        if self.stage_lengths:
+            self.parts.append((self._staged_values(), np.concatenate(self.stage_lengths)))
+            self.stage = np.empty(0, np.uint8)  # lent to the part
+            self._clear_stage()
+
+    def _clear_stage(self) -> None:
+        self.staged = 0
+        self.stage_lengths.clear()
+        self.stage_joined = None
+
+    def flush(self, final: bool = False, soft: bool = False) -> None:
+        """Write the rows held to the file; ``soft``: staged rows only once they
+        fill ``FLUSH_BYTES``."""
+        if self.stage_lengths:  # rows staged (of 0 bytes, maybe)
+            if soft and self.staged < FLUSH_BYTES:
+                return
+            lengths = np.concatenate(self.stage_lengths)
+            hashed = FieldSums.hashed(self.stage_joined)
+            self._write(self._staged_values(), lengths, hashed, self.stage_helper)
+            self._clear_stage()
+            self.pending_bytes = 0
+            if len(self.stage) > 2 * FLUSH_BYTES:  # grown for batches larger than that
+                self.stage = np.empty(0, np.uint8)
+            return
         if not self.parts:
             return
         # Joined first: a join that fails (out of memory) has written nothing.
         flat, hashed = _join_hashed([p[0] for p in self.parts], self.field, self.sums, self.values)
-        if self.field.variable:
-            lengths = np.concatenate([p[1] for p in self.parts])
+        lengths = np.concatenate([p[1] for p in self.parts]) if self.field.variable else None
+        self._write(flat, lengths, hashed)
+        self.parts.clear()
+        self.pending_bytes = 0
+
+    def _write(
+        self, flat: np.ndarray, lengths: np.ndarray | None, hashed: Any, helper: bool = False
+    ) -> None:
+        if lengths is not None:
             starts = self.end + np.cumsum(lengths, dtype=np.int64)
             self.offsets_out.append(starts, self.sums)
         if len(flat):
-            self.values_out.append(flat, self.sums, hashed)
+            self.values_out.append(flat, self.sums, hashed, helper)
             self.end += len(flat)
-        self.parts.clear()
-        self.pending_bytes = 0
 
     def commit_tail(self) -> None:
         """Everything is written by :meth:`flush`; nothing is held back."""
 
     def finish(self) -> None:
         self.flush()
+        self.stage = np.empty(0, np.uint8)
 
     def datasets(self) -> list[h5py.Dataset]:
         return [d for d in (self.values, self.offsets) if d is not None]
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return codec
+
+
+class _StagedRows:
+    """Rows joined into a column's stage, bytes ``start:stop``, not taken in yet."""
+
+    __slots__ = ("joined", "start", "stop")
+
+    def __init__(self, start: int, stop: int, joined: Any) -> None:
+        self.start, self.stop, self.joined = start, stop, joined
+
+
+class _Joined:
+    """Rows of a write_batch column joined into memory of their own."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
 
 
 class _Staged:
@@ -215,9 +303,16 @@ class _ChunkAppender:
         self.row_shape = dset.shape[1:]
         self.zeros = (0,) * len(self.row_shape)
 
-    def append(self, data: np.ndarray, sums: FieldSums | None = None, hashed: Any = None) -> None:
+    def append(
+        self,
+        data: np.ndarray,
+        sums: FieldSums | None = None,
+        hashed: Any = None,
+        helper: bool = False,
+    ) -> None:
         """Append ``data``, hashed into ``sums`` (None: no checksums); ``hashed``:
-        hashes of its blocks already made by :meth:`FieldSums.join`."""
+        hashes of its blocks already made by :meth:`FieldSums.join`; ``helper``:
+        left to a helper thread to hash (:meth:`FieldSums.begin`)."""
         dset = self.dset
         start, n = dset.shape[0], len(data)
         if not n:
@@ -225,11 +320,11 @@ class _ChunkAppender:
         direct = self.direct and n >= self.chunk
         if direct:  # raw bytes go to the file as they are: in the dataset's own dtype
             data = np.ascontiguousarray(data, dtype=dset.dtype)
-        with hashing(sums, dset, data, start, hashed):
-            dset.resize((start + n, *self.row_shape))
-            if not direct:
-                dset[start:] = data
-                return
+        append = None if sums is None else sums.begin(dset, data, start, hashed, helper)
+        dset.resize((start + n, *self.row_shape))
+        if not direct:
+            dset[start:] = data
+        else:
             head = -start % self.chunk  # up to the end of a started chunk
             whole = head + (n - head) // self.chunk * self.chunk
             if head:
@@ -239,6 +334,8 @@ class _ChunkAppender:
                 write((start + at, *self.zeros), data[at : at + self.chunk])
             if whole < n:
                 dset[start + whole :] = data[whole:]
+        if append is not None:  # not reached when the write fails
+            FieldSums.end(append)
 
 
 def _resizable_dataset(group: h5py.Group, name: str) -> h5py.Dataset:
@@ -271,9 +368,11 @@ def _append(dset: h5py.Dataset, data: np.ndarray, sums: FieldSums | None = None)
     """Append ``data`` to ``dset``, hashed into ``sums`` (None: no checksums)."""
     if len(data):
         end = dset.shape[0]
-        with hashing(sums, dset, data, end):
-            dset.resize((end + len(data),))
-            dset[end:] = data
+        append = None if sums is None else sums.begin(dset, data, end)
+        dset.resize((end + len(data),))
+        dset[end:] = data
+        if append is not None:  # not reached when the write fails
+            FieldSums.end(append)
 
 
 # zstd fields plan their blocks (rows per block, dictionary) on the first
@@ -343,11 +442,21 @@ class _ZstdColumn:
         flat = np.frombuffer(raw, field.dtype, offset=4 * n)
         return flat.reshape((-1, *field.element_shape)).copy(), lengths
 
-    def append_many(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> None:
+    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
+        """Rows of a write_batch column joined into memory of their own (which
+        :meth:`append_many` takes in; an error before leaves the column as it was)."""
+        if self.plain is not None:
+            return self.plain.stage_rows(flat)
+        return _Joined(flat.join()) if isinstance(flat, Unjoined) else flat
+
+    def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
         if self.plain is not None:
             self.plain.append_many(flat, lengths)
-        elif isinstance(flat, Unjoined):  # joined into memory of its own
-            self.parts.append((flat.join(), lengths))
+            self.pending_bytes = self.plain.pending_bytes
+            return
+        if isinstance(flat, (_Joined, Unjoined)):  # in memory of its own
+            flat = flat.values if isinstance(flat, _Joined) else flat.join()
+            self.parts.append((flat, lengths))
         elif self.planned:
             self.parts.append((flat, lengths))
         else:  # kept until the plan: never the caller's own array
@@ -371,10 +480,10 @@ class _ZstdColumn:
                 spec.DICTIONARY, data=np.frombuffer(self.encoder.dictionary, np.uint8)
             )
 
-    def flush(self, final: bool = False, plan: bool = False) -> None:
+    def flush(self, final: bool = False, plan: bool = False, soft: bool = False) -> None:
         if self.plain is not None:
-            self.plain.flush()
-            self.pending_bytes = 0
+            self.plain.flush(soft=soft)
+            self.pending_bytes = self.plain.pending_bytes
             return
         if not self.parts:
             return
@@ -561,17 +670,20 @@ class _Nullable:
     def sums(self, sums: FieldSums | None) -> None:
         self.column.sums = self.validity.sums = sums
 
+    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
+        return self.column.stage_rows(flat)
+
     def append_many(
         self,
-        flat: np.ndarray | Unjoined,
+        flat: Any,
         lengths: np.ndarray | None,
         valid: np.ndarray | None = None,
     ) -> None:
         self.column.append_many(flat, lengths)
         self.validity.append(valid, len(flat) if lengths is None else len(lengths))
 
-    def flush(self) -> None:
-        self.column.flush()
+    def flush(self, soft: bool = False) -> None:
+        self.column.flush(soft=soft)
         self.validity.flush()
 
     def commit_tail(self) -> None:
@@ -630,7 +742,7 @@ def _join_hashed(
     if sums is None or dset is None:
         join_buffers(buffers, out.reshape(-1).view(np.uint8))
         return out, None
-    return out, sums.join(dset, buffers, out)
+    return out, FieldSums.hashed(sums.join(dset, buffers, out))
 
 
 # Periodic commits (docs/FORMAT.md, section 9): by default every 60 seconds,
@@ -995,15 +1107,23 @@ class H5Writer:
             for field in self._fields:
                 values, valid = field.split_nulls(columns[field.name], self.num_rows)
                 converted.append((*field.convert_column(values, self.num_rows), valid))
-            for column, (flat, lens, valid) in zip(self._columns, converted, strict=True):
+            # Joined into the columns' buffers first: an error there (out of
+            # memory) leaves every column as it was.
+            staged = [
+                column.stage_rows(flat)
+                for column, (flat, _, _) in zip(self._columns, converted, strict=True)
+            ]
+            for column, rows, (_, lens, valid) in zip(
+                self._columns, staged, converted, strict=True
+            ):
                 if isinstance(column, _Nullable):
-                    column.append_many(flat, lens, valid)
+                    column.append_many(rows, lens, valid)
                 else:
-                    column.append_many(flat, lens)
+                    column.append_many(rows, lens)
             self._packer.rows += n
         finally:
             self._leave()
-        self.flush()
+        self._flush(soft=True)
 
     def _raise_key_error(self, keys: Iterable[str], index: int | None) -> None:
         keys = set(keys)
@@ -1048,16 +1168,22 @@ class H5Writer:
 
     def flush(self) -> None:
         """Write everything buffered to the file (not yet committed), and commit when due."""
+        self._flush()
+
+    def _flush(self, soft: bool = False) -> None:
+        """:meth:`flush`; ``soft``: rows of write_batch columns stay buffered until
+        they fill ``FLUSH_BYTES``, or a commit is due: fewer, larger appends."""
         self._check_open()
         self._busy += 1
         try:
-            self._write_columns()
+            due = self._commit_due(time.monotonic())
+            self._write_columns(soft=soft and not due)
             now = time.monotonic()
             self._packer.flush_rows = self._next_flush_rows(
                 self._packer.rows - self._committed_rows, now - self._last_flush
             )
             self._last_flush = now
-            if self._commit_due(now):
+            if due:
                 self._commit()
         finally:
             self._leave()
@@ -1072,18 +1198,21 @@ class H5Writer:
             )
             self._bar.refresh()
 
-    def _write_columns(self, final: bool = False) -> None:
+    def _write_columns(self, final: bool = False, soft: bool = False) -> None:
         self._flush_rows()
         written = 0
         assert self._io is not None
         try:
             for column in self._columns:
-                written += column.pending_bytes
+                pending = column.pending_bytes
                 self._io.what = f"rows up to {self.num_rows} of field {column.field.name!r}"
                 if final:
                     column.finish()
+                elif soft:
+                    column.flush(soft=True)
                 else:
                     column.flush()
+                written += pending - column.pending_bytes
         except Exception as exc:
             self._raise_io_error(exc)
         for stage in self._stages.values():

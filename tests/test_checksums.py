@@ -19,6 +19,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import h5record.writer
 from h5record import (
     Bytes,
     FormatError,
@@ -33,7 +34,7 @@ from h5record import (
     codecs,
     spec,
 )
-from h5record.checksums import StreamHasher, metadata_hash
+from h5record.checksums import FieldSums, StreamHasher, metadata_hash
 from h5record.cli import main as cli
 from h5record.verify import verify_file
 from tests.strategies import assert_row_equal, expected_row, schema_and_rows
@@ -245,12 +246,20 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
         assert table[()].tolist() == _blocks(stream, spec.CHECKSUM_BLOCK_BYTES)
 
 
-def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(tmp_path, monkeypatch):
-    """Rows checked one by one are joined and hashed in one pass; the appender then
-    hashes only the ends of each append, and every table is the spec's."""
+@pytest.mark.parametrize("spare_cpu", [False, True])
+def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(
+    tmp_path, monkeypatch, spare_cpu
+):
+    """Rows checked one by one are joined and hashed in one pass, or, where a CPU is
+    idle, joined and left to a helper thread; the appender then hashes only the
+    ends of each append, and every table is the spec's."""
     if not checksums._XXH3:
         pytest.skip("xxhash's C function is not exported here")
-    hashed_later = []
+    monkeypatch.setattr(checksums._SpareCpu, "__call__", lambda self: spare_cpu)
+    monkeypatch.setattr(checksums, "THREAD_BYTES", 4096)  # a helper for every append
+    monkeypatch.setattr(checksums, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(h5record.writer, "FLUSH_BYTES", 1 << 20)  # batches staged together
+    hashed_later, helpers = [], []
     hash_blocks = checksums.hash_blocks
 
     def counted(data, *args):
@@ -258,6 +267,7 @@ def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(tmp_path, mo
         return hash_blocks(data, *args)
 
     monkeypatch.setattr(checksums, "hash_blocks", counted)
+    monkeypatch.setattr(checksums._Append, "help", _counting(checksums._Append.help, helpers))
     rng = np.random.default_rng(9)
     schema = [String("text"), Sequence("tokens", dtype="int32"), Bytes("blob")]
     path = tmp_path / "j.h5"
@@ -279,6 +289,92 @@ def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(tmp_path, mo
         values = sum(f["fields"][name]["values"].nbytes for name in ("text", "tokens", "blob"))
     # Only the offsets (8 bytes a row) and values' partial blocks are hashed after a join.
     assert sum(hashed_later) < total * 8 * 3 + 6 * 3 * spec.CHECKSUM_BLOCK_BYTES < values
+    # A helper for each append of values left to one, and of offsets
+    assert len(helpers) >= 6 if spare_cpu else not helpers
+    assert verify_file(str(path)).ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.integers(0, 20_000),
+    sizes=st.lists(st.lists(st.integers(0, 9_000), max_size=4), min_size=1, max_size=5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_joins_into_one_buffer_hash_every_block_they_fill(tmp_path_factory, before, sizes, seed):
+    """Several joins into one buffer, each past the bytes of the earlier ones (as
+    write_batch stages its columns), hash every whole block of the stream that
+    they fill, blocks across two joins included; the appender takes the hashes."""
+    if not checksums._XXH3:
+        pytest.skip("xxhash's C function is not exported here")
+    rng = np.random.default_rng(seed)
+    bb = 4096
+    path = tmp_path_factory.mktemp("j") / "j.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("values", (0,), maxshape=(None,), chunks=(bb,), dtype="u1")
+        sums = FieldSums([dset])
+        sums.streams["values"].hasher = StreamHasher(bb)
+        first = np.frombuffer(rng.bytes(before), np.uint8)
+        dset.resize((before,))
+        dset[:] = first
+        sums.streams["values"].hasher.update(first)
+        joins = [[rng.bytes(n) for n in group] for group in sizes]
+        want = b"".join(b"".join(group) for group in joins)
+        out = np.empty(len(want), np.uint8)
+        at, joined = 0, None
+        for group in joins:
+            n = sum(map(len, group))
+            joined = sums.join(dset, group, out[: at + n], at, joined)
+            at += n
+        assert out.tobytes() == want
+        head, hashes = FieldSums.hashed(joined)
+        whole = (len(want) - head) // bb if len(want) > head else 0
+        assert head == -before % bb
+        assert hashes.tolist() == _blocks(want[head : head + whole * bb], bb)
+        append = sums.begin(dset, out, before, (head, hashes))
+        assert append.hashed or len(want) < head  # taken as they are, where they fill
+        dset.resize((before + len(want),))
+        dset[before:] = out
+        FieldSums.end(append)
+        sums.commit([dset])
+        assert f["values_xxh3"][()].tolist() == _blocks(first.tobytes() + want, bb)
+
+
+def test_join_buffers_refuses_a_start_past_the_first_block():
+    out = np.zeros(8, np.uint8)
+    with pytest.raises(ValueError, match="end past start"):
+        _fast.join_buffers([b"ab"], out[:6], 0, 2, np.empty(3, np.uint64), 1, 4)
+    with pytest.raises(ValueError, match="start must lie in out"):
+        _fast.join_buffers([], out, start=9)
+    _fast.join_buffers([b"cd"], out[:6], 3, 2, np.empty(1, np.uint64), checksums._XXH3 or 1, 4)
+    assert out[4:6].tobytes() == b"cd"
+
+
+def test_write_batch_columns_are_written_in_few_large_appends(tmp_path, monkeypatch):
+    """Small write_batch calls are joined into one buffer per variable-length field
+    and written once it fills FLUSH_BYTES (or at a commit): not one append each."""
+    from h5record.writer import _ChunkAppender
+
+    monkeypatch.setattr(h5record.writer, "FLUSH_BYTES", 100_000)
+    appends = []
+    append = _ChunkAppender.append
+
+    def counted(self, data, *args):
+        appends.append((self.dset.name, len(data)))
+        return append(self, data, *args)
+
+    monkeypatch.setattr(_ChunkAppender, "append", counted)
+    path = tmp_path / "s.h5"
+    schema = [Sequence("tokens", dtype="int32"), Integer("label")]
+    with H5Writer(path, schema, progress=False) as w:
+        for k in range(100):  # 100 batches of 4 rows of 100 tokens: 1,600 bytes each
+            w.write_batch({"tokens": [np.full(100, k, np.int32)] * 4, "label": [k] * 4})
+            if k == 49:
+                w.commit()
+    values = [n for name, n in appends if name == "/fields/tokens/values"]
+    assert values == [50 * 400, 50 * 400]  # one append at the commit, one at the close
+    assert len([1 for name, _ in appends if name == "/fields/label/values"]) == 100
+    with H5Dataset(path, verify=True) as ds:
+        assert [int(ds[i]["tokens"][0]) for i in range(0, 400, 4)] == list(range(100))
     assert verify_file(str(path)).ok
 
 
@@ -301,8 +397,8 @@ def test_joined_rows_hashed_for_a_dataset_of_another_dtype(tmp_path, dtype):
 
 
 def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
-    """Out of memory while joining a column: the commit on the way out of the ``with``
-    block writes every row given, once, with its checksums."""
+    """Out of memory while a flush joins the rows given one by one: the commit on
+    the way out of the ``with`` block writes every row given, once, with its checksums."""
     import h5record.writer as writer
 
     join, calls = writer._join_hashed, []
@@ -318,11 +414,48 @@ def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
     schema = [String("text"), Sequence("tokens", dtype="int32")]
     with pytest.raises(MemoryError), H5Writer(path, schema, progress=False) as w:
         for letter in "ab":
-            w.write_batch({"text": [letter * 10] * 5, "tokens": [np.arange(3, dtype=np.int32)] * 5})
+            for _ in range(5):
+                w.write({"text": letter * 10, "tokens": np.arange(3, dtype=np.int32)})
+            w.flush()
     partial = f"{path}.partial"
     spec_check(partial)
     with H5Dataset(partial, partial=True, verify=True) as ds:
         assert [ds[i]["text"] for i in range(len(ds))] == ["a" * 10] * 5 + ["b" * 10] * 5
+
+
+def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkeypatch):
+    """write_batch joins its columns into the writer's buffers before it takes any of
+    them in: out of memory in the second column's join leaves the first column's
+    rows out too, and the writer goes on with the next batch."""
+    calls = []
+    join = FieldSums.join
+
+    def failing(self, dset, *args):
+        calls.append(dset.parent.name)
+        if calls[-1] == "/fields/tokens" and calls.count(calls[-1]) == 2:
+            raise MemoryError("the joined column")
+        return join(self, dset, *args)
+
+    monkeypatch.setattr(FieldSums, "join", failing)
+
+    def batch(letter, n):
+        tokens = [np.full(n, ord(letter), np.int32)] * 3
+        return {"text": [letter * n] * 3, "tokens": tokens, "label": [n] * 3}
+
+    path = tmp_path / "f.h5"
+    schema = [String("text"), Sequence("tokens", dtype="int32"), Integer("label")]
+    with H5Writer(path, schema, progress=False) as w:
+        w.write_batch(batch("a", 40_000))  # rows that fill checksum blocks
+        with pytest.raises(MemoryError):
+            w.write_batch(batch("b", 30_000))
+        w.write_batch(batch("c", 20_000))
+    spec_check(path)
+    assert verify_file(str(path)).ok
+    with H5Dataset(path, verify=True) as ds:
+        rows = [ds[i] for i in range(len(ds))]
+    assert [r["text"] for r in rows] == ["a" * 40_000] * 3 + ["c" * 20_000] * 3
+    assert [r["label"] for r in rows] == [40_000] * 3 + [20_000] * 3
+    assert [r["tokens"].tolist() for r in rows] == [[97] * 40_000] * 3 + [[99] * 20_000] * 3
 
 
 # -- round trips ----------------------------------------------------------------
