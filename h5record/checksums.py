@@ -425,14 +425,15 @@ class _WrittenStream:
     """One dataset's checksums while it is written, and what never changes about
     the dataset: each h5py call costs ~5-50 us, several times per append."""
 
-    __slots__ = ("dset", "dtype", "hasher", "last", "name", "row_bytes", "table")
+    __slots__ = ("dset", "dtype", "hasher", "last", "name", "new", "row_bytes", "table")
 
-    def __init__(self, dset: h5py.Dataset, name: str, hasher: StreamHasher) -> None:
+    def __init__(self, dset: h5py.Dataset, name: str, hasher: StreamHasher, new: bool) -> None:
         self.dset = dset
         self.name = name
         self.dtype = dset.dtype
         self.row_bytes = _row_bytes(dset)
         self.hasher = hasher
+        self.new = new  # made by this writer: its table is not in the file yet
         self.table: h5py.Dataset | None = None
         self.last = time.perf_counter()  # when the last append began, or the writer
 
@@ -451,14 +452,15 @@ class FieldSums:
     then: empty or, when a file is continued, cut back to its last commit.
     """
 
-    def __init__(self, datasets: list[h5py.Dataset]) -> None:
+    def __init__(self, datasets: list[h5py.Dataset], new: bool = False) -> None:
+        """``new``: the datasets were just made by the writer, and have no tables."""
         self.streams: dict[str, _WrittenStream] = {}
         self._by_id: dict[int, _WrittenStream] = {}
         for dset in datasets:
             name = _name(dset)
-            table = dset.parent.get(name + spec.CHECKSUM_SUFFIX)
+            table = None if new else dset.parent.get(name + spec.CHECKSUM_SUFFIX)
             hasher = StreamHasher.resume(dset, _nbytes(dset), table)
-            self.streams[name] = _WrittenStream(dset, name, hasher)
+            self.streams[name] = _WrittenStream(dset, name, hasher, new)
 
     def _stream(self, dset: h5py.Dataset) -> _WrittenStream:
         stream = self._by_id.get(id(dset))
@@ -471,7 +473,7 @@ class FieldSums:
             # once it has chosen its blocks): holding the first entry, 0, of an
             # index (offsets, blocks), or nothing.
             first = 8 if name in (spec.OFFSETS, spec.BLOCKS) else 0
-            stream = _WrittenStream(dset, name, StreamHasher.resume(dset, first, None))
+            stream = _WrittenStream(dset, name, StreamHasher.resume(dset, first, None), True)
             self.streams[name] = stream
         stream.dset = dset
         self._by_id[id(dset)] = stream
@@ -599,24 +601,26 @@ class FieldSums:
                 )
             entries = hasher.entries(_dataset_bytes(dset, hasher.length, end))
             if stream.table is None:
-                stream.table = _table(dset, stream.name + spec.CHECKSUM_SUFFIX, hasher.block_bytes)
+                name = stream.name + spec.CHECKSUM_SUFFIX
+                stream.table = _table(dset, name, hasher.block_bytes, stream.new)
             _write_tail(stream.table, hasher.stored, entries)
             hasher.written()
 
 
-def _table(dset: h5py.Dataset, name: str, block_bytes: int) -> h5py.Dataset:
-    """The checksum table ``name`` beside ``dset``, made if missing, through
-    h5py's low-level calls where h5py's own take 0.2-0.5 ms (a few ms a file)."""
-    group = dset.parent
-    table = group.get(name)
+def _table(dset: h5py.Dataset, name: str, block_bytes: int, new: bool = False) -> h5py.Dataset:
+    """The checksum table ``name`` beside ``dset``, made if missing (``new``: known
+    to be, so not looked up), through h5py's low-level calls where h5py's own
+    take 0.2-0.5 ms (a few ms a file)."""
+    table = None if new else dset.parent.get(name)
     if table is None:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_chunk((4096,))
         dcpl.set_obj_track_times(False)  # as h5py does: the same rows make the same file
         space = h5py.h5s.create_simple((0,), (h5py.h5s.UNLIMITED,))
-        table = h5py.Dataset(
-            h5py.h5d.create(group.id, name.encode(), h5py.h5t.STD_U64LE, space, dcpl=dcpl)
-        )
+        # by its path from the file: h5py's dset.parent costs as much as the rest
+        path = f"{dset.name.rsplit('/', 1)[0]}/{name}".encode()
+        fid = h5py.h5i.get_file_id(dset.id)
+        table = h5py.Dataset(h5py.h5d.create(fid, path, h5py.h5t.STD_U64LE, space, dcpl=dcpl))
     elif _block_bytes(table) == block_bytes:
         return table
     else:

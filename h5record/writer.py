@@ -44,6 +44,10 @@ from .fields import Field, Schema, Sequence, String, Unjoined
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending.
 FLUSH_BYTES = 16 << 20
+# write_batch columns of fixed-size fields up to this size are copied into the
+# field's buffer too (a copy of 10,000 labels costs less than an append of
+# their own); larger ones (images) are written from the caller's memory.
+STAGE_COPY_BYTES = 1 << 20
 FLUSH_ROWS = 1 << 16
 # Chunk size of lzf/gzip datasets. HDF5 filters inflate a whole chunk to read
 # one row: measured on 1M text pairs, 16 KiB chunks read random rows 2.5x
@@ -75,7 +79,8 @@ class _Column:
         # reuse (only while no part waits: the file gets the rows in order)
         self.stage = np.empty(0, np.uint8)
         self.staged = 0  # bytes of stage in use
-        self.stage_lengths: list[np.ndarray] = []
+        self.stage_lengths: list[np.ndarray] = []  # of a variable-length field's rows
+        self.staged_rows = 0
         self.stage_joined: Any = None  # what FieldSums.join hashed of stage[:staged]
         self.stage_helper = False  # its values are left to a helper thread to hash
         if rows is not None:
@@ -129,7 +134,17 @@ class _Column:
         """Join the rows of a write_batch column into the stage, past the rows it
         holds: :meth:`append_many` takes them in (an error before leaves the
         column as it was). Returns ``flat`` itself where they are not staged."""
-        if not isinstance(flat, Unjoined) or self.parts:
+        if self.parts:
+            return flat
+        if isinstance(flat, Unjoined):
+            parts, rows = flat.parts, -1  # counted by their lengths
+        elif (
+            type(flat) is np.ndarray
+            and flat.dtype == self.field.dtype
+            and flat.nbytes <= STAGE_COPY_BYTES
+        ):
+            parts, rows = [flat], len(flat)
+        else:
             return flat
         need = self.staged + flat.nbytes
         if need > len(self.stage):
@@ -139,49 +154,52 @@ class _Column:
         if not self.staged:
             self.stage_helper = self.sums is not None and not self.sums.hash_when_joining()
         if self.sums is None or self.stage_helper:
-            join_buffers(flat.parts, self.stage[:need], start=self.staged)
+            join_buffers(parts, self.stage[:need], start=self.staged)
             joined = None
         else:
             out = self.stage[:need].view(self.field.dtype)
-            joined = self.sums.join(self.values, flat.parts, out, self.staged, self.stage_joined)
-        return _StagedRows(self.staged, need, joined)
+            joined = self.sums.join(self.values, parts, out, self.staged, self.stage_joined)
+        return _StagedRows(self.staged, need, joined, rows)
 
     def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
         if isinstance(flat, _StagedRows):
             assert flat.start == self.staged, "rows staged out of turn"
             self.pending_bytes += flat.stop - flat.start
             self.staged, self.stage_joined = flat.stop, flat.joined
-            self.stage_lengths.append(lengths)
+            if lengths is not None:
+                self.stage_lengths.append(lengths)
+            self.staged_rows += len(flat) if lengths is None else len(lengths)
             return
         self._unstage()
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
-    def _staged_values(self) -> np.ndarray:
+    def _staged(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The values and lengths of the staged rows."""
         values = self.stage[: self.staged].view(self.field.dtype)
-        return values.reshape((-1, *self.field.element_shape))
+        values = values.reshape((-1, *self.field.element_shape))
+        return values, np.concatenate(self.stage_lengths) if self.field.variable else None
 
     def _unstage(self) -> None:
         """Make the staged rows an ordinary part, before a part of other rows."""
-        if self.stage_lengths:
-            self.parts.append((self._staged_values(), np.concatenate(self.stage_lengths)))
+        if self.staged_rows:
+            self.parts.append(self._staged())
             self.stage = np.empty(0, np.uint8)  # lent to the part
             self._clear_stage()
 
     def _clear_stage(self) -> None:
-        self.staged = 0
+        self.staged = self.staged_rows = 0
         self.stage_lengths.clear()
         self.stage_joined = None
 
     def flush(self, final: bool = False, soft: bool = False) -> None:
         """Write the rows held to the file; ``soft``: staged rows only once they
         fill ``FLUSH_BYTES``."""
-        if self.stage_lengths:  # rows staged (of 0 bytes, maybe)
+        if self.staged_rows:  # of 0 bytes, maybe
             if soft and self.staged < FLUSH_BYTES:
                 return
-            lengths = np.concatenate(self.stage_lengths)
             hashed = FieldSums.hashed(self.stage_joined)
-            self._write(self._staged_values(), lengths, hashed, self.stage_helper)
+            self._write(*self._staged(), hashed, self.stage_helper)
             self._clear_stage()
             self.pending_bytes = 0
             if len(self.stage) > 2 * FLUSH_BYTES:  # grown for batches larger than that
@@ -223,10 +241,14 @@ class _Column:
 class _StagedRows:
     """Rows joined into a column's stage, bytes ``start:stop``, not taken in yet."""
 
-    __slots__ = ("joined", "start", "stop")
+    __slots__ = ("joined", "rows", "start", "stop")
 
-    def __init__(self, start: int, stop: int, joined: Any) -> None:
+    def __init__(self, start: int, stop: int, joined: Any, rows: int) -> None:
         self.start, self.stop, self.joined = start, stop, joined
+        self.rows = rows  # of a fixed-size field (-1: counted by their lengths)
+
+    def __len__(self) -> int:
+        return self.rows
 
 
 class _Joined:
@@ -898,7 +920,7 @@ class H5Writer:
         self._closed = False
         if self._checksums:
             for column in self._columns:
-                column.sums = FieldSums(column.datasets())
+                column.sums = FieldSums(column.datasets(), new=not existing)
         self._names = self.schema.names
         self._name_set = frozenset(self._names)
         self._fields = self.schema.fields

@@ -372,10 +372,42 @@ def test_write_batch_columns_are_written_in_few_large_appends(tmp_path, monkeypa
                 w.commit()
     values = [n for name, n in appends if name == "/fields/tokens/values"]
     assert values == [50 * 400, 50 * 400]  # one append at the commit, one at the close
-    assert len([1 for name, _ in appends if name == "/fields/label/values"]) == 100
+    assert [n for name, n in appends if name == "/fields/label/values"] == [200, 200]
     with H5Dataset(path, verify=True) as ds:
         assert [int(ds[i]["tokens"][0]) for i in range(0, 400, 4)] == list(range(100))
     assert verify_file(str(path)).ok
+
+
+def test_write_batch_keeps_no_reference_to_the_callers_arrays(tmp_path, monkeypatch):
+    """The caller may refill its arrays once write_batch returns, though the rows are
+    written later; large columns of fixed-size rows are written at once instead."""
+    from h5record.writer import STAGE_COPY_BYTES, _ChunkAppender
+
+    appends = []
+    append = _ChunkAppender.append
+
+    def counted(self, data, *args):
+        appends.append(self.dset.name)
+        return append(self, data, *args)
+
+    monkeypatch.setattr(_ChunkAppender, "append", counted)
+    side = int((STAGE_COPY_BYTES // 3) ** 0.5) + 1  # an image of more than the copy limit
+    tokens = np.zeros((4, 50), np.int32)
+    labels = np.zeros(4, np.int64)
+    images = np.zeros((1, side, side, 3), np.uint8)
+    path = tmp_path / "r.h5"
+    schema = [Sequence("tokens", dtype="int32"), Integer("label"), Image(side, side, 3, "image")]
+    with H5Writer(path, schema, progress=False) as w:
+        for k in range(5):
+            tokens[:], labels[:], images[:] = k, k, k
+            w.write_batch({"tokens": list(tokens), "label": labels, "image": list(images) * 4})
+    assert appends.count("/fields/image/values") == 5
+    assert appends.count("/fields/label/values") == 1
+    with H5Dataset(path) as ds:
+        for i in range(20):
+            row = ds[i]
+            assert row["label"] == i // 4 and set(row["tokens"].tolist()) == {i // 4}
+            assert row["image"].min() == row["image"].max() == i // 4
 
 
 @pytest.mark.parametrize("dtype", ["<i4", ">i4", "<f4"])
@@ -423,20 +455,27 @@ def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
         assert [ds[i]["text"] for i in range(len(ds))] == ["a" * 10] * 5 + ["b" * 10] * 5
 
 
-def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spare_cpu", [False, True])
+def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkeypatch, spare_cpu):
     """write_batch joins its columns into the writer's buffers before it takes any of
     them in: out of memory in the second column's join leaves the first column's
-    rows out too, and the writer goes on with the next batch."""
-    calls = []
-    join = FieldSums.join
+    rows out too, and the writer goes on with the next batch. The same whether
+    the join hashes the values or leaves them to a helper thread."""
+    monkeypatch.setattr(checksums._SpareCpu, "__call__", lambda self: spare_cpu)
+    joins = 0
+    join, join_buffers = FieldSums.join, h5record.writer.join_buffers
 
-    def failing(self, dset, *args):
-        calls.append(dset.parent.name)
-        if calls[-1] == "/fields/tokens" and calls.count(calls[-1]) == 2:
+    def failing(join, *args, **kwargs):
+        nonlocal joins
+        joins += 1
+        if joins == 4:  # the second batch's tokens
             raise MemoryError("the joined column")
-        return join(self, dset, *args)
+        return join(*args, **kwargs)
 
-    monkeypatch.setattr(FieldSums, "join", failing)
+    monkeypatch.setattr(FieldSums, "join", lambda *a, **k: failing(join, *a, **k))
+    monkeypatch.setattr(
+        h5record.writer, "join_buffers", lambda *a, **k: failing(join_buffers, *a, **k)
+    )
 
     def batch(letter, n):
         tokens = [np.full(n, ord(letter), np.int32)] * 3
