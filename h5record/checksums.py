@@ -28,7 +28,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -573,15 +572,6 @@ class FieldSums:
     def end(append: _Append) -> None:
         """Take a successful append begun by :meth:`begin` into the checksums."""
         append.hasher.add(append)
-
-    @contextmanager
-    def appending(
-        self, dset: h5py.Dataset, data: np.ndarray, start: int, hashed: Any = None
-    ) -> Iterator[None]:
-        """:meth:`begin` and :meth:`end` around a ``with`` block that appends ``data``."""
-        append = self.begin(dset, data, start, hashed)
-        yield
-        self.end(append)
 
     def commit(self, datasets: list[h5py.Dataset]) -> None:
         """Write the entries that changed since the last commit into ``<dataset>_xxh3``.

@@ -42,7 +42,8 @@ from .commit import CommitFile, commit_pending, fsync_dir, journal_path, write_e
 from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaError
 from .fields import Field, Schema, Sequence, String, Unjoined
 
-# Flush buffered rows to HDF5 when this many raw bytes are pending.
+# Flush buffered rows to HDF5 when this many raw bytes are pending: rows
+# given one by one, or those write_batch holds back in all fields together.
 FLUSH_BYTES = 16 << 20
 # write_batch columns of fixed-size fields up to this size are copied into the
 # field's buffer too (a copy of 10,000 labels costs less than an append of
@@ -134,7 +135,7 @@ class _Column:
         """Join the rows of a write_batch column into the stage, past the rows it
         holds: :meth:`append_many` takes them in (an error before leaves the
         column as it was). Returns ``flat`` itself where they are not staged."""
-        if self.parts:
+        if self.parts:  # rows given one by one come first: nothing is staged
             return flat
         if isinstance(flat, Unjoined):
             parts, rows = flat.parts, -1  # counted by their lengths
@@ -145,6 +146,7 @@ class _Column:
         ):
             parts, rows = [flat], len(flat)
         else:
+            self._unstage()  # here, as it allocates: the staged rows come first
             return flat
         need = self.staged + flat.nbytes
         if need > len(self.stage):
@@ -193,10 +195,10 @@ class _Column:
         self.stage_joined = None
 
     def flush(self, final: bool = False, soft: bool = False) -> None:
-        """Write the rows held to the file; ``soft``: staged rows only once they
-        fill ``FLUSH_BYTES``."""
+        """Write the rows held to the file; ``soft``: not the staged rows, which the
+        writer writes when its columns together stage ``FLUSH_BYTES``."""
         if self.staged_rows:  # of 0 bytes, maybe
-            if soft and self.staged < FLUSH_BYTES:
+            if soft:
                 return
             hashed = FieldSums.hashed(self.stage_joined)
             self._write(*self._staged(), hashed, self.stage_helper)
@@ -225,7 +227,7 @@ class _Column:
             self.end += len(flat)
 
     def commit_tail(self) -> None:
-        """Everything is written by :meth:`flush`; nothing is held back."""
+        """Nothing to do: a commit's flush writes the staged rows too."""
 
     def finish(self) -> None:
         self.flush()
@@ -248,6 +250,8 @@ class _StagedRows:
         self.rows = rows  # of a fixed-size field (-1: counted by their lengths)
 
     def __len__(self) -> int:
+        if self.rows < 0:
+            raise TypeError("staged rows of a variable-length field are counted by their lengths")
         return self.rows
 
 
@@ -258,6 +262,9 @@ class _Joined:
 
     def __init__(self, values: np.ndarray) -> None:
         self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 class _Staged:
@@ -465,24 +472,35 @@ class _ZstdColumn:
         return flat.reshape((-1, *field.element_shape)).copy(), lengths
 
     def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
-        """Rows of a write_batch column joined into memory of their own (which
-        :meth:`append_many` takes in; an error before leaves the column as it was)."""
+        """A write_batch column's values in memory of their own where this column keeps
+        them past the batch (joined; before the plan, copied), else as they are;
+        :meth:`append_many` takes them in (an error before leaves the column as it was)."""
         if self.plain is not None:
             return self.plain.stage_rows(flat)
-        return _Joined(flat.join()) if isinstance(flat, Unjoined) else flat
+        if isinstance(flat, Unjoined):
+            return _Joined(flat.join())
+        if not self.planned:  # kept until the plan: never the caller's own array
+            return _Joined(flat.copy())
+        return flat  # written but for the rows of an unfinished block, which flush copies
+
+    @property
+    def staged(self) -> int:
+        return self.plain.staged if self.plain is not None else 0
 
     def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
         if self.plain is not None:
             self.plain.append_many(flat, lengths)
             self.pending_bytes = self.plain.pending_bytes
             return
-        if isinstance(flat, (_Joined, Unjoined)):  # in memory of its own
-            flat = flat.values if isinstance(flat, _Joined) else flat.join()
-            self.parts.append((flat, lengths))
-        elif self.planned:
-            self.parts.append((flat, lengths))
-        else:  # kept until the plan: never the caller's own array
-            self.parts.append((flat.copy(), None if lengths is None else lengths.copy()))
+        if isinstance(flat, Unjoined):  # rows given one by one: in memory of their own
+            flat = flat.join()
+        elif isinstance(flat, _Joined):
+            flat = flat.values
+        elif not self.planned:  # kept until the plan: never the caller's own array
+            flat = flat.copy()
+        if lengths is not None and not self.planned:
+            lengths = lengths.copy()
+        self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
     def _plan(self, flat: np.ndarray, offsets: np.ndarray | None) -> None:
@@ -648,13 +666,14 @@ class _Validity:
 
     def append(self, valid: np.ndarray | None, n: int) -> None:
         """The validity of ``n`` more rows; None: every one holds a value."""
-        if n:
-            self.parts.append(np.ones(n, np.bool_) if valid is None else valid)
+        if n:  # a count where every row holds a value: nothing allocated here
+            self.parts.append(n if valid is None else valid)
 
     def flush(self) -> None:
         if not self.parts and (self.tail_written or not len(self.tail)):
             return
-        bits = np.concatenate([self.tail, *self.parts])
+        parts = (np.ones(p, np.bool_) if isinstance(p, int) else p for p in self.parts)
+        bits = np.concatenate([self.tail, *parts])
         self.parts.clear()
         if self.tail_written:
             self.dset.resize((self.dset.shape[0] - 1,))
@@ -694,6 +713,10 @@ class _Nullable:
 
     def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
         return self.column.stage_rows(flat)
+
+    @property
+    def staged(self) -> int:
+        return int(self.column.staged)
 
     def append_many(
         self,
@@ -1109,6 +1132,12 @@ class H5Writer:
         values, all of the same length. The whole batch is checked before
         any of it is written. A nullable field's column may hold ``None``
         (lists) or be a :class:`~h5record.columns.Masked` column.
+
+        Small batches are gathered, copied, into a buffer per field; once the
+        fields together hold 16 MiB those holding the most go to the file,
+        and all at a commit or at the end: fewer, larger appends. (Columns
+        of fixed-size values over 1 MiB, images say, and zstd fields are
+        written at once.) The caller may change its arrays once this returns.
         """
         self._check_open()
         from .columns import to_columns  # DataFrames, Arrow tables and columns, numpy records
@@ -1226,15 +1255,15 @@ class H5Writer:
         assert self._io is not None
         try:
             for column in self._columns:
-                pending = column.pending_bytes
-                self._io.what = f"rows up to {self.num_rows} of field {column.field.name!r}"
-                if final:
-                    column.finish()
-                elif soft:
-                    column.flush(soft=True)
-                else:
-                    column.flush()
-                written += pending - column.pending_bytes
+                written += self._write_column(column, final, soft)
+            held = sorted(self._columns, key=lambda c: c.staged, reverse=True) if soft else []
+            total = sum(c.staged for c in held)
+            if total >= FLUSH_BYTES:  # written largest first, down to half of that
+                for column in held:
+                    if total < FLUSH_BYTES // 2:
+                        break
+                    total -= column.staged
+                    written += self._write_column(column)
         except Exception as exc:
             self._raise_io_error(exc)
         for stage in self._stages.values():
@@ -1242,6 +1271,19 @@ class H5Writer:
         self._io.check()
         self._bytes_written += written
         self._packer.pending_bytes = 0
+
+    def _write_column(self, column: Any, final: bool = False, soft: bool = False) -> int:
+        """Write a column's rows (see :meth:`_Column.flush`); returns the bytes written."""
+        pending = column.pending_bytes
+        assert self._io is not None
+        self._io.what = f"rows up to {self.num_rows} of field {column.field.name!r}"
+        if final:
+            column.finish()
+        elif soft:
+            column.flush(soft=True)
+        else:
+            column.flush()
+        return int(pending - column.pending_bytes)
 
     def _raise_io_error(self, exc: BaseException) -> None:
         """An HDF5 error caused by a refused write becomes that write's error."""

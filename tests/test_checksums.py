@@ -225,11 +225,12 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
         for k in range(12):
             data = rng.integers(0, 1 << 30, int(rng.integers(0, 200_000)), dtype=np.int32)
             try:
-                with sums.appending(dset, data, dset.shape[0]):
-                    if k % 5 == 4:
-                        raise OSError("disk full")
-                    dset.resize((dset.shape[0] + len(data),))
-                    dset[dset.shape[0] - len(data) :] = data
+                append = sums.begin(dset, data, dset.shape[0])
+                if k % 5 == 4:
+                    raise OSError("disk full")
+                dset.resize((dset.shape[0] + len(data),))
+                dset[dset.shape[0] - len(data) :] = data
+                FieldSums.end(append)  # only once the append succeeded
             except OSError:
                 assert sums.streams["values"].hasher.length == dset.shape[0] * 4
             if k % 3 == 2:
@@ -250,7 +251,7 @@ def test_appends_hashed_on_threads_and_a_failed_append(tmp_path, monkeypatch):
 def test_columns_joined_by_the_writer_are_hashed_as_they_are_joined(
     tmp_path, monkeypatch, spare_cpu
 ):
-    """Rows checked one by one are joined and hashed in one pass, or, where a CPU is
+    """write_batch columns checked row by row are joined and hashed in one pass, or, where a CPU is
     idle, joined and left to a helper thread; the appender then hashes only the
     ends of each append, and every table is the spec's."""
     if not checksums._XXH3:
@@ -394,13 +395,13 @@ def test_write_batch_keeps_no_reference_to_the_callers_arrays(tmp_path, monkeypa
     side = int((STAGE_COPY_BYTES // 3) ** 0.5) + 1  # an image of more than the copy limit
     tokens = np.zeros((4, 50), np.int32)
     labels = np.zeros(4, np.int64)
-    images = np.zeros((1, side, side, 3), np.uint8)
+    images = np.zeros((4, side, side, 3), np.uint8)
     path = tmp_path / "r.h5"
     schema = [Sequence("tokens", dtype="int32"), Integer("label"), Image(side, side, 3, "image")]
     with H5Writer(path, schema, progress=False) as w:
         for k in range(5):
             tokens[:], labels[:], images[:] = k, k, k
-            w.write_batch({"tokens": list(tokens), "label": labels, "image": list(images) * 4})
+            w.write_batch({"tokens": list(tokens), "label": labels, "image": images})
     assert appends.count("/fields/image/values") == 5
     assert appends.count("/fields/label/values") == 1
     with H5Dataset(path) as ds:
@@ -408,6 +409,31 @@ def test_write_batch_keeps_no_reference_to_the_callers_arrays(tmp_path, monkeypa
             row = ds[i]
             assert row["label"] == i // 4 and set(row["tokens"].tolist()) == {i // 4}
             assert row["image"].min() == row["image"].max() == i // 4
+
+
+def test_rows_held_by_write_batch_stay_bounded_across_fields(tmp_path, monkeypatch):
+    """However many fields, the rows write_batch holds back stay under FLUSH_BYTES
+    plus one batch: the fields holding the most are written first."""
+    from h5record import Float
+
+    monkeypatch.setattr(h5record.writer, "FLUSH_BYTES", 200_000)
+    schema = [Float(f"f{k}") for k in range(40)] + [Sequence("tokens", dtype="int32")]
+    rng = np.random.default_rng(2)
+    path = tmp_path / "b.h5"
+    batch_bytes, written = 1000 * (40 * 4 + 64 * 4), []
+    with H5Writer(path, schema, progress=False) as w:
+        for k in range(60):
+            columns = {f"f{j}": rng.random(1000) for j in range(40)}
+            columns["tokens"] = list(rng.integers(0, 9, (1000, 64), dtype=np.int32))
+            w.write_batch(columns)
+            written.append(columns["f7"][-1])
+            held = sum(column.staged for column in w._columns)
+            assert held < 200_000 + batch_bytes
+            if k == 10:
+                assert held  # rows are held back at all
+    with H5Dataset(path, verify=True) as ds:
+        assert len(ds) == 60_000
+        assert [ds[1000 * k + 999]["f7"] for k in range(60)] == pytest.approx(written)
 
 
 @pytest.mark.parametrize("dtype", ["<i4", ">i4", "<f4"])
@@ -462,20 +488,27 @@ def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkey
     rows out too, and the writer goes on with the next batch. The same whether
     the join hashes the values or leaves them to a helper thread."""
     monkeypatch.setattr(checksums._SpareCpu, "__call__", lambda self: spare_cpu)
-    joins = 0
+    token_joins = 0
+
+    def out_of_memory_at_the_second_batchs_tokens(parts: list) -> None:
+        nonlocal token_joins
+        if parts and getattr(parts[0], "dtype", None) == np.int32:
+            token_joins += 1
+            if token_joins == 2:  # after the same batch's text was joined
+                raise MemoryError("the joined column")
+
     join, join_buffers = FieldSums.join, h5record.writer.join_buffers
 
-    def failing(join, *args, **kwargs):
-        nonlocal joins
-        joins += 1
-        if joins == 4:  # the second batch's tokens
-            raise MemoryError("the joined column")
-        return join(*args, **kwargs)
+    def failing_join(self, dset, parts, *args, **kwargs):  # hashing as it joins
+        out_of_memory_at_the_second_batchs_tokens(parts)
+        return join(self, dset, parts, *args, **kwargs)
 
-    monkeypatch.setattr(FieldSums, "join", lambda *a, **k: failing(join, *a, **k))
-    monkeypatch.setattr(
-        h5record.writer, "join_buffers", lambda *a, **k: failing(join_buffers, *a, **k)
-    )
+    def failing_join_buffers(parts, *args, **kwargs):  # leaving it to a helper
+        out_of_memory_at_the_second_batchs_tokens(parts)
+        return join_buffers(parts, *args, **kwargs)
+
+    monkeypatch.setattr(FieldSums, "join", failing_join)
+    monkeypatch.setattr(h5record.writer, "join_buffers", failing_join_buffers)
 
     def batch(letter, n):
         tokens = [np.full(n, ord(letter), np.int32)] * 3
