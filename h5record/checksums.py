@@ -4,10 +4,11 @@ Writing, :class:`FieldSums` hashes the bytes each dataset of a field receives,
 in order, from the writer's own buffers (hashing memory is ~20x faster than
 reading the data back from HDF5), and writes at each commit only the
 entries that changed: those of the blocks filled since the last commit and
-of the partly filled last block. The values of a variable-length column
-given to ``write_batch`` (checked row by row, then joined into one buffer)
-are hashed block by block as the join fills them (:meth:`FieldSums.join`),
-while they are in the CPU's cache. Other appends are hashed by a compiled
+of the partly filled last block. The columns given to ``write_batch`` are
+joined into a buffer per field (checked row by row, or small): where a CPU
+is idle, a helper thread hashes that buffer while HDF5 writes it;
+otherwise each block is hashed as the join fills it (:meth:`FieldSums.join`),
+while it is in the CPU's cache. Other appends are hashed by a compiled
 loop without the GIL; a large one on a helper thread during HDF5's write of
 the same bytes when a CPU is idle: xxh3 runs at ~10 GB/s from memory, a
 tenth of the time HDF5 takes to write 12-16 KB rows, which only an idle

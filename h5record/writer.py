@@ -43,7 +43,8 @@ from .errors import FormatError, H5RecordError, RowError, RowTypeError, SchemaEr
 from .fields import Field, Schema, Sequence, String, Unjoined
 
 # Flush buffered rows to HDF5 when this many raw bytes are pending: rows
-# given one by one, or those write_batch holds back in all fields together.
+# given one by one, or those write_batch holds back in all fields together
+# (values and offsets; not a zstd field's, which it buffers by its blocks).
 FLUSH_BYTES = 16 << 20
 # write_batch columns of fixed-size fields up to this size are copied into the
 # field's buffer too (a copy of 10,000 labels costs less than an append of
@@ -131,12 +132,13 @@ class _Column:
         self.values.resize((self.end, *self.field.element_shape))
         self._open_appenders()
 
-    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
+    def stage_rows(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> Any:
         """Join the rows of a write_batch column into the stage, past the rows it
         holds: :meth:`append_many` takes them in (an error before leaves the
-        column as it was). Returns ``flat`` itself where they are not staged."""
+        column as it was). Returns what it takes, and ``lengths``: ``flat``
+        itself where they are not staged."""
         if self.parts:  # rows given one by one come first: nothing is staged
-            return flat
+            return flat, lengths
         if isinstance(flat, Unjoined):
             parts, rows = flat.parts, -1  # counted by their lengths
         elif (
@@ -147,7 +149,7 @@ class _Column:
             parts, rows = [flat], len(flat)
         else:
             self._unstage()  # here, as it allocates: the staged rows come first
-            return flat
+            return flat, lengths
         need = self.staged + flat.nbytes
         if need > len(self.stage):
             grown = np.empty(max(need, min(2 * len(self.stage), need + FLUSH_BYTES)), np.uint8)
@@ -161,7 +163,19 @@ class _Column:
         else:
             out = self.stage[:need].view(self.field.dtype)
             joined = self.sums.join(self.values, parts, out, self.staged, self.stage_joined)
-        return _StagedRows(self.staged, need, joined, rows)
+        return _StagedRows(self.staged, need, joined, rows), lengths
+
+    @property
+    def held(self) -> int:
+        """Bytes of the staged rows, their offsets to be included."""
+        return self.staged + 8 * self.staged_rows if self.field.variable else self.staged
+
+    def release_stage(self) -> int:
+        """Free the stage's buffer if it holds no rows; returns the bytes freed."""
+        if self.staged_rows:
+            return 0
+        freed, self.stage = len(self.stage), np.empty(0, np.uint8)
+        return freed
 
     def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
         if isinstance(flat, _StagedRows):
@@ -471,35 +485,38 @@ class _ZstdColumn:
         flat = np.frombuffer(raw, field.dtype, offset=4 * n)
         return flat.reshape((-1, *field.element_shape)).copy(), lengths
 
-    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
-        """A write_batch column's values in memory of their own where this column keeps
-        them past the batch (joined; before the plan, copied), else as they are;
-        :meth:`append_many` takes them in (an error before leaves the column as it was)."""
+    def stage_rows(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> Any:
+        """A write_batch column's values and lengths in memory of their own where this
+        column keeps them past the batch (joined; before the plan, copied), else as
+        they are; :meth:`append_many` takes them in (an error before leaves the
+        column as it was)."""
         if self.plain is not None:
-            return self.plain.stage_rows(flat)
+            return self.plain.stage_rows(flat, lengths)
         if isinstance(flat, Unjoined):
-            return _Joined(flat.join())
-        if not self.planned:  # kept until the plan: never the caller's own array
-            return _Joined(flat.copy())
-        return flat  # written but for the rows of an unfinished block, which flush copies
+            flat = _Joined(flat.join())
+        elif not self.planned:  # kept until the plan: never the caller's own array
+            flat = _Joined(flat.copy())
+        if lengths is not None and not self.planned:
+            lengths = lengths.copy()
+        # once planned, written but for the rows of an unfinished block, which flush copies
+        return flat, lengths
 
     @property
-    def staged(self) -> int:
-        return self.plain.staged if self.plain is not None else 0
+    def held(self) -> int:
+        return self.plain.held if self.plain is not None else 0
+
+    def release_stage(self) -> int:
+        return self.plain.release_stage() if self.plain is not None else 0
 
     def append_many(self, flat: Any, lengths: np.ndarray | None) -> None:
         if self.plain is not None:
             self.plain.append_many(flat, lengths)
             self.pending_bytes = self.plain.pending_bytes
             return
-        if isinstance(flat, Unjoined):  # rows given one by one: in memory of their own
+        if isinstance(flat, Unjoined):  # in memory of their own once joined
             flat = flat.join()
         elif isinstance(flat, _Joined):
             flat = flat.values
-        elif not self.planned:  # kept until the plan: never the caller's own array
-            flat = flat.copy()
-        if lengths is not None and not self.planned:
-            lengths = lengths.copy()
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
 
@@ -635,7 +652,7 @@ class _Validity:
     """
 
     def __init__(self, group: h5py.Group, chunk_bytes: int, rows: int | None = None) -> None:
-        self.parts: list[np.ndarray] = []
+        self.parts: list[np.ndarray | int] = []  # an int: that many rows, all valid
         self.sums: FieldSums | None = None
         if rows is None:
             self.dset = group.create_dataset(
@@ -711,12 +728,15 @@ class _Nullable:
     def sums(self, sums: FieldSums | None) -> None:
         self.column.sums = self.validity.sums = sums
 
-    def stage_rows(self, flat: np.ndarray | Unjoined) -> Any:
-        return self.column.stage_rows(flat)
+    def stage_rows(self, flat: np.ndarray | Unjoined, lengths: np.ndarray | None) -> Any:
+        return self.column.stage_rows(flat, lengths)
 
     @property
-    def staged(self) -> int:
-        return int(self.column.staged)
+    def held(self) -> int:
+        return int(self.column.held)
+
+    def release_stage(self) -> int:
+        return int(self.column.release_stage())
 
     def append_many(
         self,
@@ -743,6 +763,13 @@ class _Nullable:
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return self.column.stored_codec(codec)
+
+
+def _stage_bytes(column: Any) -> int:
+    """The size of a column's stage buffer (a zstd field's: of its raw fallback)."""
+    column = getattr(column, "column", column)  # a nullable field's
+    column = getattr(column, "plain", column) or column  # a zstd field's raw fallback
+    return len(column.stage) if isinstance(column, _Column) else 0
 
 
 def _is_scalar(field: Field) -> bool:
@@ -1133,11 +1160,13 @@ class H5Writer:
         any of it is written. A nullable field's column may hold ``None``
         (lists) or be a :class:`~h5record.columns.Masked` column.
 
-        Small batches are gathered, copied, into a buffer per field; once the
-        fields together hold 16 MiB those holding the most go to the file,
-        and all at a commit or at the end: fewer, larger appends. (Columns
-        of fixed-size values over 1 MiB, images say, and zstd fields are
-        written at once.) The caller may change its arrays once this returns.
+        Columns are gathered, copied, into a buffer per field (those of
+        variable-length rows joined from checked rows, those of fixed-size
+        values up to 1 MiB); once the fields together hold 16 MiB those
+        holding the most go to the file, and all at a commit or at the end:
+        fewer, larger appends. Other columns (images, say) are written at
+        once; zstd fields keep their rows until they fill a block. The
+        caller may change its arrays once this returns.
         """
         self._check_open()
         from .columns import to_columns  # DataFrames, Arrow tables and columns, numpy records
@@ -1161,10 +1190,10 @@ class H5Writer:
             # Joined into the columns' buffers first: an error there (out of
             # memory) leaves every column as it was.
             staged = [
-                column.stage_rows(flat)
-                for column, (flat, _, _) in zip(self._columns, converted, strict=True)
+                column.stage_rows(flat, lens)
+                for column, (flat, lens, _) in zip(self._columns, converted, strict=True)
             ]
-            for column, rows, (_, lens, valid) in zip(
+            for column, (rows, lens), (_, _, valid) in zip(
                 self._columns, staged, converted, strict=True
             ):
                 if isinstance(column, _Nullable):
@@ -1256,14 +1285,15 @@ class H5Writer:
         try:
             for column in self._columns:
                 written += self._write_column(column, final, soft)
-            held = sorted(self._columns, key=lambda c: c.staged, reverse=True) if soft else []
-            total = sum(c.staged for c in held)
+            held = sorted(self._columns, key=lambda c: c.held, reverse=True) if soft else []
+            total = sum(c.held for c in held)
             if total >= FLUSH_BYTES:  # written largest first, down to half of that
                 for column in held:
                     if total < FLUSH_BYTES // 2:
                         break
-                    total -= column.staged
+                    total -= column.held
                     written += self._write_column(column)
+            self._trim_stages()
         except Exception as exc:
             self._raise_io_error(exc)
         for stage in self._stages.values():
@@ -1271,6 +1301,17 @@ class H5Writer:
         self._io.check()
         self._bytes_written += written
         self._packer.pending_bytes = 0
+
+    def _trim_stages(self) -> None:
+        """Free the buffers of fields that hold no rows, largest first, while all the
+        fields' buffers together take more than twice ``FLUSH_BYTES``."""
+        total = sum(map(_stage_bytes, self._columns))
+        if total <= 2 * FLUSH_BYTES:
+            return
+        for column in sorted(self._columns, key=_stage_bytes, reverse=True):
+            total -= column.release_stage()
+            if total <= 2 * FLUSH_BYTES:
+                return
 
     def _write_column(self, column: Any, final: bool = False, soft: bool = False) -> int:
         """Write a column's rows (see :meth:`_Column.flush`); returns the bytes written."""

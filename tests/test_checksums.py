@@ -411,6 +411,34 @@ def test_write_batch_keeps_no_reference_to_the_callers_arrays(tmp_path, monkeypa
             assert row["image"].min() == row["image"].max() == i // 4
 
 
+def test_rows_of_empty_values_count_in_the_bound(tmp_path, monkeypatch):
+    """A field of empty (or null) values holds no value bytes, but its rows' offsets
+    count: they are written too once they fill FLUSH_BYTES."""
+    monkeypatch.setattr(h5record.writer, "FLUSH_BYTES", 100_000)
+    schema = [String("note", nullable=True), Integer("label")]
+    with H5Writer(tmp_path / "e.h5", schema, progress=False, commit_seconds=None) as w:
+        for _ in range(50):
+            w.write_batch({"note": [None] * 1000, "label": np.arange(1000)})
+            assert sum(column.held for column in w._columns) < 100_000 + 16 * 1000
+    with H5Dataset(tmp_path / "e.h5") as ds:
+        assert len(ds) == 50_000 and ds[49_999]["note"] is None
+
+
+def test_buffers_of_fields_that_held_rows_once_are_freed(tmp_path, monkeypatch):
+    """The buffers kept for reuse take at most twice FLUSH_BYTES beside the rows held,
+    however many fields once held a large batch."""
+    monkeypatch.setattr(h5record.writer, "FLUSH_BYTES", 1 << 20)
+    schema = [Bytes(f"b{k}") for k in range(16)]
+    with H5Writer(tmp_path / "c.h5", schema, progress=False) as w:
+        for k in range(16):  # field k gets 1.9 MiB once, the others nothing
+            w.write_batch({f"b{j}": [bytes(1_900_000 if j == k else 0)] for j in range(16)})
+            buffers = sum(h5record.writer._stage_bytes(c) for c in w._columns)
+            held = sum(column.held for column in w._columns)
+            assert buffers <= 2 * (1 << 20) + 2 * held + 2_000_000
+    with H5Dataset(tmp_path / "c.h5") as ds:
+        assert [len(ds[k][f"b{k}"]) for k in range(16)] == [1_900_000] * 16
+
+
 def test_rows_held_by_write_batch_stay_bounded_across_fields(tmp_path, monkeypatch):
     """However many fields, the rows write_batch holds back stay under FLUSH_BYTES
     plus one batch: the fields holding the most are written first."""
@@ -427,7 +455,7 @@ def test_rows_held_by_write_batch_stay_bounded_across_fields(tmp_path, monkeypat
             columns["tokens"] = list(rng.integers(0, 9, (1000, 64), dtype=np.int32))
             w.write_batch(columns)
             written.append(columns["f7"][-1])
-            held = sum(column.staged for column in w._columns)
+            held = sum(column.held for column in w._columns)
             assert held < 200_000 + batch_bytes
             if k == 10:
                 assert held  # rows are held back at all
@@ -482,20 +510,38 @@ def test_a_join_that_fails_writes_nothing_of_its_rows(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("spare_cpu", [False, True])
-def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkeypatch, spare_cpu):
+@pytest.mark.parametrize("failing", ["tokens", "zstd lengths"])
+def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(
+    tmp_path, monkeypatch, spare_cpu, failing
+):
     """write_batch joins its columns into the writer's buffers before it takes any of
-    them in: out of memory in the second column's join leaves the first column's
-    rows out too, and the writer goes on with the next batch. The same whether
-    the join hashes the values or leaves them to a helper thread."""
+    them in: out of memory in a later column's join (or a zstd field's copy of
+    its row lengths) leaves the earlier columns' rows out too, and the writer
+    goes on with the next batch. The same whether the join hashes the values
+    or leaves them to a helper thread."""
+    from h5record import fields
+
     monkeypatch.setattr(checksums._SpareCpu, "__call__", lambda self: spare_cpu)
     token_joins = 0
 
     def out_of_memory_at_the_second_batchs_tokens(parts: list) -> None:
         nonlocal token_joins
-        if parts and getattr(parts[0], "dtype", None) == np.int32:
+        if failing == "tokens" and parts and getattr(parts[0], "dtype", None) == np.int32:
             token_joins += 1
             if token_joins == 2:  # after the same batch's text was joined
                 raise MemoryError("the joined column")
+
+    zstd_joins = 0
+    unjoined_join = fields.Unjoined.join
+
+    def failing_unjoined_join(self):  # a zstd field's join, before its lengths' copy
+        nonlocal zstd_joins
+        zstd_joins += 1
+        if failing == "zstd lengths" and zstd_joins == 2:
+            raise MemoryError("the zstd field's rows")
+        return unjoined_join(self)
+
+    monkeypatch.setattr(fields.Unjoined, "join", failing_unjoined_join)
 
     join, join_buffers = FieldSums.join, h5record.writer.join_buffers
 
@@ -512,10 +558,15 @@ def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkey
 
     def batch(letter, n):
         tokens = [np.full(n, ord(letter), np.int32)] * 3
-        return {"text": [letter * n] * 3, "tokens": tokens, "label": [n] * 3}
+        return {"text": [letter * n] * 3, "tokens": tokens, "label": [n] * 3, "z": [letter] * 3}
 
     path = tmp_path / "f.h5"
-    schema = [String("text"), Sequence("tokens", dtype="int32"), Integer("label")]
+    schema = [
+        String("text"),
+        Sequence("tokens", dtype="int32"),
+        Integer("label"),
+        String("z", compression="zstd"),
+    ]
     with H5Writer(path, schema, progress=False) as w:
         w.write_batch(batch("a", 40_000))  # rows that fill checksum blocks
         with pytest.raises(MemoryError):
@@ -528,6 +579,7 @@ def test_a_batch_whose_join_fails_leaves_every_column_as_it_was(tmp_path, monkey
     assert [r["text"] for r in rows] == ["a" * 40_000] * 3 + ["c" * 20_000] * 3
     assert [r["label"] for r in rows] == [40_000] * 3 + [20_000] * 3
     assert [r["tokens"].tolist() for r in rows] == [[97] * 40_000] * 3 + [[99] * 20_000] * 3
+    assert [r["z"] for r in rows] == ["a"] * 3 + ["c"] * 3
 
 
 # -- round trips ----------------------------------------------------------------
