@@ -170,6 +170,11 @@ class _Column:
         """Bytes of the staged rows, their offsets to be included."""
         return self.staged + 8 * self.staged_rows if self.field.variable else self.staged
 
+    @property
+    def stage_bytes(self) -> int:
+        """The size of the stage's buffer."""
+        return len(self.stage)
+
     def release_stage(self) -> int:
         """Free the stage's buffer if it holds no rows; returns the bytes freed."""
         if self.staged_rows:
@@ -218,8 +223,6 @@ class _Column:
             self._write(*self._staged(), hashed, self.stage_helper)
             self._clear_stage()
             self.pending_bytes = 0
-            if len(self.stage) > 2 * FLUSH_BYTES:  # grown for batches larger than that
-                self.stage = np.empty(0, np.uint8)
             return
         if not self.parts:
             return
@@ -505,6 +508,10 @@ class _ZstdColumn:
     def held(self) -> int:
         return self.plain.held if self.plain is not None else 0
 
+    @property
+    def stage_bytes(self) -> int:
+        return self.plain.stage_bytes if self.plain is not None else 0
+
     def release_stage(self) -> int:
         return self.plain.release_stage() if self.plain is not None else 0
 
@@ -513,9 +520,7 @@ class _ZstdColumn:
             self.plain.append_many(flat, lengths)
             self.pending_bytes = self.plain.pending_bytes
             return
-        if isinstance(flat, Unjoined):  # in memory of their own once joined
-            flat = flat.join()
-        elif isinstance(flat, _Joined):
+        if isinstance(flat, _Joined):  # from stage_rows
             flat = flat.values
         self.parts.append((flat, lengths))
         self.pending_bytes += flat.nbytes
@@ -735,6 +740,10 @@ class _Nullable:
     def held(self) -> int:
         return int(self.column.held)
 
+    @property
+    def stage_bytes(self) -> int:
+        return int(self.column.stage_bytes)
+
     def release_stage(self) -> int:
         return int(self.column.release_stage())
 
@@ -763,13 +772,6 @@ class _Nullable:
 
     def stored_codec(self, codec: dict[str, Any]) -> dict[str, Any]:
         return self.column.stored_codec(codec)
-
-
-def _stage_bytes(column: Any) -> int:
-    """The size of a column's stage buffer (a zstd field's: of its raw fallback)."""
-    column = getattr(column, "column", column)  # a nullable field's
-    column = getattr(column, "plain", column) or column  # a zstd field's raw fallback
-    return len(column.stage) if isinstance(column, _Column) else 0
 
 
 def _is_scalar(field: Field) -> bool:
@@ -1305,10 +1307,10 @@ class H5Writer:
     def _trim_stages(self) -> None:
         """Free the buffers of fields that hold no rows, largest first, while all the
         fields' buffers together take more than twice ``FLUSH_BYTES``."""
-        total = sum(map(_stage_bytes, self._columns))
+        total = sum(c.stage_bytes for c in self._columns)
         if total <= 2 * FLUSH_BYTES:
             return
-        for column in sorted(self._columns, key=_stage_bytes, reverse=True):
+        for column in sorted(self._columns, key=lambda c: c.stage_bytes, reverse=True):
             total -= column.release_stage()
             if total <= 2 * FLUSH_BYTES:
                 return

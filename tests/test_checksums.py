@@ -433,7 +433,7 @@ def test_buffers_of_fields_that_held_rows_once_are_freed(tmp_path, monkeypatch):
     with H5Writer(tmp_path / "c.h5", schema, progress=False) as w:
         for k in range(16):  # field k gets 1.9 MiB once, the others nothing
             w.write_batch({f"b{j}": [bytes(1_900_000 if j == k else 0)] for j in range(16)})
-            buffers = sum(h5record.writer._stage_bytes(c) for c in w._columns)
+            buffers = sum(column.stage_bytes for column in w._columns)
             held = sum(column.held for column in w._columns)
             assert buffers <= 2 * (1 << 20) + 2 * held + 2_000_000
     with H5Dataset(tmp_path / "c.h5") as ds:
